@@ -1,0 +1,1 @@
+"""Every side effect of an analysis run: credits, cache, scraping, AI and storing results."""

@@ -1,0 +1,40 @@
+"""Step 9: one structured AI call; deep and xray run two of them in parallel."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import done_since, heartbeating, now, running
+from core.errors import ErrorCode, business_error
+from core.models import AIInput, AIOutput
+from core.settings import Settings
+from core.tiers import Step
+from db import analyses
+from providers.ai import AIRejectedError, AIUnavailableError, OpenAIAnalyzer
+
+
+class AIActivities:
+    def __init__(self, analyzer: OpenAIAnalyzer, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._analyzer = analyzer
+        self._pool = pool
+        self._settings = settings
+
+    @activity.defn
+    async def analyze_profile(self, input: AIInput) -> AIOutput:
+        started = now()
+        async with self._pool.acquire() as conn:
+            await analyses.record_step(conn, input.run_id, running(Step.analyze_profile, started))
+        try:
+            async with heartbeating():
+                parsed, usage = await self._analyzer.analyze(
+                    input.part, self._settings.model_for(input.tier), input.business, input.profile
+                )
+        except AIRejectedError as exc:
+            raise business_error(ErrorCode.ai_failed, str(exc)) from exc
+        except AIUnavailableError as exc:
+            raise ApplicationError(str(exc), type="AIFailed") from exc
+        return AIOutput(
+            done=done_since(started), part=input.part, fields=parsed.model_dump(), usage=usage
+        )

@@ -1,0 +1,69 @@
+"""Steps 10-12: upsert the lead, save the analysis and complete the run, in one transaction.
+
+This transaction is the commit point. It takes the run row lock that a cancel request also
+takes, so either the cancel lands first (and this step refuses) or the run completes (and
+the cancel answers 409): never both.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from activities.common import done_since, now, record
+from core.errors import ErrorCode, business_error
+from core.models import SaveResultInput, SaveResultOutput, StepRecord
+from core.tiers import IN_FLIGHT, Step
+from db import analyses, leads
+
+
+class ResultActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @activity.defn
+    async def save_result(self, input: SaveResultInput) -> SaveResultOutput:
+        started = now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            run = await analyses.lock(conn, input.run_id)
+            if run is None or run["status"] not in IN_FLIGHT or run["cancel_requested_at"]:
+                raise business_error(ErrorCode.run_cancelled, "the run was cancelled")
+            score = input.analysis.get("score")
+            lead_id = await leads.upsert(
+                conn,
+                account_id=input.account_id,
+                business_profile_id=input.business_profile_id,
+                profile=input.profile,
+                score=score if isinstance(score, int) else None,
+                analysis_id=input.run_id,
+            )
+            upserted = done_since(started)
+            saved = done_since(upserted.finished_at)
+            steps = _with(
+                input.steps,
+                record(Step.upsert_lead, upserted),
+                record(Step.save_analysis, saved),
+                StepRecord(
+                    name=Step.complete,
+                    status="done",
+                    started_at=saved.finished_at,
+                    finished_at=saved.finished_at,
+                    attempt=saved.attempt,
+                ),
+            )
+            await analyses.complete(
+                conn,
+                input.run_id,
+                lead_id=lead_id,
+                result=input.analysis,
+                cost=input.cost.model_dump(mode="json")
+                | {"ai_usd": input.cost.ai_usd, "total_usd": input.cost.total_usd},
+                credits_charged=run["credits_cost"],
+                steps=steps,
+            )
+        return SaveResultOutput(lead_id=lead_id, upserted=upserted, saved=saved)
+
+
+def _with(steps: list[StepRecord], *updates: StepRecord) -> list[StepRecord]:
+    by_name = {s.name: s for s in steps} | {u.name: u for u in updates}
+    return [by_name.get(step, StepRecord(name=step)) for step in Step]

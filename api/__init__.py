@@ -1,0 +1,1 @@
+"""The HTTP API: validates, authorises, writes the request row and starts workflows."""

@@ -1,0 +1,125 @@
+"""Request dependencies: the signed-in user, their tenant, and the process-wide clients.
+
+`Tenant` resolves the account from the JWT's user and `X-Account-Id`, and opens transactions
+with `app.user_id` and `app.account_id` set, so row level security scopes every query to
+that account. Routes never set those themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+import jwt
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from temporalio.client import Client
+
+from api.errors import BadRequest, Forbidden, Unauthorized
+from core.settings import Settings
+from db import accounts
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT (HS256) whose `sub` is the user id")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_temporal(request: Request) -> Client:
+    client: Client = request.app.state.temporal
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Temporal = Annotated[Client, Depends(get_temporal)]
+
+
+def current_user_id(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> UUID:
+    if credentials is None:
+        raise Unauthorized("A bearer token is required.")
+    try:
+        claims = jwt.decode(
+            credentials.credentials,
+            settings.jwt_secret.get_secret_value(),
+            algorithms=["HS256"],  # fixed by the server, never taken from the token
+            audience=settings.jwt_audience,
+            options={"require": ["exp", "sub", "aud"]},
+        )
+        return UUID(str(claims["sub"]))
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("The token has expired.") from exc
+    except (jwt.InvalidTokenError, ValueError) as exc:
+        raise Unauthorized("The token is invalid.") from exc
+
+
+CurrentUser = Annotated[UUID, Depends(current_user_id)]
+
+
+@dataclass
+class TenantScope:
+    """The account a request acts for, and a way to open transactions scoped to it."""
+
+    user_id: UUID
+    account_id: UUID
+    role: str
+    conn: asyncpg.Connection
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """Commits on success, rolls back on error; RLS sees only this account."""
+        async with self.conn.transaction():
+            await _set_tenant(self.conn, self.user_id, self.account_id)
+            yield self.conn
+
+
+async def _set_tenant(conn: asyncpg.Connection, user_id: UUID, account_id: UUID | None) -> None:
+    await conn.execute(
+        "SELECT set_config('app.user_id', $1, true), set_config('app.account_id', $2, true)",
+        str(user_id),
+        str(account_id) if account_id else "",
+    )
+
+
+async def tenant(
+    request: Request,
+    user_id: CurrentUser,
+    x_account_id: Annotated[
+        str | None,
+        Header(description="The account to act for; optional when the user has only one"),
+    ] = None,
+) -> AsyncIterator[TenantScope]:
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await _set_tenant(conn, user_id, None)
+            members = await accounts.memberships(conn)
+        roles = {m["account_id"]: m["role"] for m in members}
+        if x_account_id is not None:
+            try:
+                account_id = UUID(x_account_id)
+            except ValueError as exc:
+                raise BadRequest("X-Account-Id is not a valid id.", field="X-Account-Id") from exc
+            if account_id not in roles:
+                raise Forbidden("You are not a member of this account.", field="X-Account-Id")
+        elif len(roles) == 1:
+            account_id = next(iter(roles))
+        elif not roles:
+            raise Forbidden("This user belongs to no account.")
+        else:
+            raise BadRequest(
+                "This user belongs to several accounts: say which with X-Account-Id.",
+                field="X-Account-Id",
+            )
+        yield TenantScope(user_id=user_id, account_id=account_id, role=roles[account_id], conn=conn)
+
+
+Tenant = Annotated[TenantScope, Depends(tenant)]

@@ -1,0 +1,151 @@
+"""API errors: one base class with a code and a status, one envelope, one set of handlers.
+
+Every error answers `{"error": {"code", "message", "request_id", ...}}`; validation errors
+also name the field at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+    message = "Something went wrong on our side."
+
+    def __init__(
+        self, message: str | None = None, *, code: str | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code, message = 401, "unauthorized", "A valid bearer token is required."
+
+
+class Forbidden(ApiError):
+    status, code, message = 403, "forbidden", "You are not allowed to do this."
+
+
+class NotFound(ApiError):
+    status, code, message = 404, "not_found", "Not found."
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class InsufficientCredits(ApiError):
+    status, code = 402, "insufficient_credits"
+
+
+class Invalid(ApiError):
+    status, code = 422, "validation_error"
+
+
+class Unavailable(ApiError):
+    status, code, message = 503, "service_unavailable", "A backing service is unavailable."
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["insufficient_credits"])
+    message: str = Field(examples=["The balance of 0 credits cannot cover 1."])
+    request_id: str = Field(examples=["4f1c8a0e6f9b4d7c"])
+    field: str | None = Field(default=None, description="The request field at fault")
+    run_id: str | None = Field(default=None, description="The run concerned, where there is one")
+    status: str | None = Field(default=None, description="The run's status, where relevant")
+
+    model_config = {"extra": "allow"}
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    descriptions = {
+        400: "Bad request",
+        401: "Missing, expired or invalid bearer token",
+        402: "Not enough credits",
+        403: "Not a member of the account",
+        404: "Not found (or belongs to another account)",
+        409: "Conflict with the resource's current state",
+        422: "Invalid input; `field` names the field at fault",
+        503: "A backing service (database, Temporal) is unavailable",
+    }
+    return {c: {"model": ErrorResponse, "description": descriptions[c]} for c in codes}
+
+
+def _envelope(request: Request, status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"code": code, "message": message, "request_id": request_id(request)}
+    body.update(jsonable_encoder(extra))
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        response = _envelope(request, exc.status, exc.code, exc.message, **exc.extra)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        field = ".".join(
+            str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")
+        )
+        message = first.get("msg", "Invalid request")
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "validation_error",
+                    "message": f"{field}: {message}" if field else message,
+                    "request_id": request_id(request),
+                    "field": field or None,
+                    "errors": [
+                        {
+                            "field": ".".join(str(p) for p in e.get("loc", ())[1:]),
+                            "message": e.get("msg"),
+                        }
+                        for e in errors
+                    ],
+                }
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _envelope(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": request_id(request)})
+        return _envelope(request, 500, "internal_error", ApiError.message)

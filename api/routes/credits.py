@@ -1,0 +1,46 @@
+"""The account's credit balance and its ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import Tenant
+from api.errors import responses
+from api.schemas import BalanceResponse, LedgerEntry, Page
+from db import credits
+
+router = APIRouter(prefix="/api/credits", tags=["credits"])
+
+
+@router.get(
+    "/balance", response_model=BalanceResponse, responses=responses(401, 403), summary="Balance"
+)
+async def balance(scope: Tenant) -> BalanceResponse:
+    async with scope.transaction() as conn:
+        value = await credits.balance(conn, scope.account_id)
+    return BalanceResponse(account_id=scope.account_id, balance=value)
+
+
+@router.get(
+    "/transactions",
+    response_model=Page[LedgerEntry],
+    responses=responses(401, 403, 422),
+    summary="Every credit movement, newest first",
+)
+async def transactions(
+    scope: Tenant,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[LedgerEntry]:
+    async with scope.transaction() as conn:
+        total, rows = await credits.transactions_page(
+            conn, scope.account_id, limit=page_size, offset=(page - 1) * page_size
+        )
+    return Page(
+        page=page,
+        page_size=page_size,
+        total=total,
+        data=[LedgerEntry.model_validate(r) for r in rows],
+    )

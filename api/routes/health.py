@@ -1,0 +1,48 @@
+"""Component health: the database and the Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from datetime import timedelta
+from importlib.metadata import version
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.schemas import ComponentHealth, HealthResponse
+
+router = APIRouter(tags=["health"])
+
+_TIMEOUT = 2.0
+
+
+async def _timed(check: Awaitable[object]) -> ComponentHealth:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check, _TIMEOUT)
+    except Exception as exc:
+        return ComponentHealth(status="down", detail=type(exc).__name__)
+    return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "A component is down"}},
+    summary="Database and Temporal status, and the version",
+)
+async def health(request: Request) -> JSONResponse:
+    pool = request.app.state.pool
+    temporal = request.app.state.temporal
+    database, workflow_engine = await asyncio.gather(
+        _timed(pool.fetchval("SELECT 1")),
+        _timed(temporal.service_client.check_health(timeout=timedelta(seconds=_TIMEOUT))),
+    )
+    components = {"database": database, "temporal": workflow_engine}
+    healthy = all(c.status == "ok" for c in components.values())
+    body = HealthResponse(
+        status="ok" if healthy else "degraded", version=version("oslira"), components=components
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)

@@ -1,0 +1,178 @@
+"""Request and response bodies of the API (snake_case JSON)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.models import CostBreakdown, RunError, StepRecord
+from core.tiers import RunStatus, Step, Tier
+
+_HANDLE = re.compile(r"[a-z0-9._]{1,30}")
+
+T = TypeVar("T")
+
+
+def instagram_handle(value: str) -> str:
+    """`@Nat.Geo` -> `nat.geo`; letters, digits, `.` and `_`, at most 30."""
+    handle = value.strip().removeprefix("@").lower()
+    if not _HANDLE.fullmatch(handle):
+        raise ValueError(
+            "must be an Instagram handle: letters, digits, '.' and '_', at most 30 characters"
+        )
+    return handle
+
+
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "username": "@natgeo",
+                    "analysis_type": "light",
+                    "business_profile_id": "1f0c3a52-8c1e-4d3a-9d55-0b4f6a1e2c77",
+                }
+            ]
+        },
+    )
+
+    username: str = Field(description="Instagram handle; a leading @ is ignored")
+    analysis_type: Tier = Field(description="light (1 credit), deep (3) or xray (5)")
+    business_profile_id: UUID
+
+    _handle = field_validator("username")(instagram_handle)
+
+
+class RunAccepted(BaseModel):
+    run_id: UUID
+    status: RunStatus
+    username: str
+    analysis_type: Tier
+    business_profile_id: UUID
+    credits_cost: int
+    created_at: datetime
+    links: dict[str, str]
+
+
+class ProgressResponse(BaseModel):
+    run_id: UUID
+    status: RunStatus
+    progress: int = Field(ge=0, le=100)
+    current_step: Step | None
+    steps: list[StepRecord]
+    error: RunError | None = None
+    cancel_requested: bool = False
+    source: str = Field(description="`workflow` (live query) or `database` (persisted copy)")
+
+
+class CancelResponse(BaseModel):
+    run_id: UUID
+    status: RunStatus
+    cancel_requested: bool = True
+
+
+class LeadOut(BaseModel):
+    id: UUID
+    username: str
+    full_name: str
+    biography: str
+    external_url: str | None
+    profile_pic_url: str | None
+    followers_count: int
+    follows_count: int
+    posts_count: int
+    is_private: bool
+    is_verified: bool
+    is_business: bool
+    business_category: str | None
+    engagement_rate: float | None
+
+
+class ResultResponse(BaseModel):
+    run_id: UUID
+    status: RunStatus
+    username: str
+    analysis_type: Tier
+    business_profile_id: UUID
+    lead: LeadOut
+    analysis: dict[str, Any] = Field(
+        description="score (0-100), summary, niche, red_flags; deep adds engagement_read, "
+        "selling_points, outreach_message; xray adds motivations, communication_style, "
+        "objections, buying_triggers"
+    )
+    credits_charged: int
+    cost: CostBreakdown | dict[str, Any]
+    steps: list[StepRecord]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class BalanceResponse(BaseModel):
+    account_id: UUID
+    balance: int
+
+
+class LedgerEntry(BaseModel):
+    id: int
+    delta: int
+    balance_after: int
+    kind: str
+    run_id: UUID | None
+    reference: str | None
+    description: str
+    created_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    page: int
+    page_size: int
+    total: int
+    data: list[T]
+
+
+class BusinessProfileIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Fitness",
+                    "description": "Boutique gym chain in Lisbon",
+                    "offering": "Personal training packages and brand partnerships",
+                    "target_audience": "Fitness creators with 10k-500k followers",
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=4000)
+    offering: str = Field(default="", max_length=4000)
+    target_audience: str = Field(default="", max_length=4000)
+
+
+class BusinessProfileOut(BaseModel):
+    id: UUID
+    name: str
+    description: str
+    offering: str
+    target_audience: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ComponentHealth(BaseModel):
+    status: str
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+    components: dict[str, ComponentHealth]

@@ -1,0 +1,1 @@
+"""The `oslira` command line and the embedded dev stack."""

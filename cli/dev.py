@@ -1,0 +1,219 @@
+"""`oslira dev`: the whole stack on one machine, with embedded defaults.
+
+Starts PostgreSQL and the Temporal dev server (unless DATABASE_URL / TEMPORAL_ADDRESS point
+elsewhere), applies migrations, starts the simulators (unless APIFY_TOKEN / OPENAI_API_KEY
+are set), then the worker and the API as separate child processes. It writes the addresses
+to `$OSLIRA_HOME/stack.env` so other commands reach the same stack, seeds a demo account,
+and stops everything, in order, on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+
+from cli import stack
+from core.auth import mint_token
+from core.settings import DEV_JWT_SECRET, Settings, stack_env_path
+from db.migrate import migrate, set_role_passwords
+from db.seed import create_account
+
+log = logging.getLogger("oslira.dev")
+
+DEMO_CREDITS = 100
+
+
+def run_dev() -> int:
+    settings = Settings()  # the environment only: never a stale stack.env
+    home = settings.oslira_home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = _single_instance(home)  # noqa: F841 - held for the life of the process
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    env: dict[str, str] = {"OSLIRA_HOME": str(home)}
+    pg_server = None
+    try:
+        if settings.database_url is None:
+            log.info("starting PostgreSQL (data in %s)", home / "pgdata")
+            pg_server, admin_url = stack.start_postgres(home / "pgdata")
+            env["DATABASE_URL"] = asyncio.run(stack.ensure_database(admin_url))
+        else:
+            env["DATABASE_URL"] = settings.database_url
+
+        if settings.temporal_address is None:
+            log.info("starting the Temporal dev server (UI on port %d)", settings.temporal_ui_port)
+            temporal = stack.spawn(
+                stack.temporal_command(
+                    port=settings.temporal_port,
+                    ui_port=settings.temporal_ui_port,
+                    db_file=home / "temporal.db",
+                ),
+                {},
+                home / "temporal.log",
+            )
+            children.append(("temporal", temporal))
+            stack.wait_for_port("127.0.0.1", settings.temporal_port, 60, temporal)
+            env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{settings.temporal_port}"
+        else:
+            env["TEMPORAL_ADDRESS"] = settings.temporal_address
+        asyncio.run(stack.wait_for_temporal(env["TEMPORAL_ADDRESS"]))
+
+        if settings.apify_token is None or settings.openai_api_key is None:
+            sim_url = f"http://127.0.0.1:{settings.sim_port}"
+            children.append(
+                (
+                    "simulators",
+                    stack.spawn(stack.oslira_command("simulate"), env, home / "simulators.log"),
+                )
+            )
+            stack.wait_for_port("127.0.0.1", settings.sim_port, 30, children[-1][1])
+            if settings.apify_token is None:
+                env |= {"APIFY_BASE_URL": sim_url, "APIFY_TOKEN": "simulator"}
+            if settings.openai_api_key is None:
+                env |= {"OPENAI_BASE_URL": f"{sim_url}/v1", "OPENAI_API_KEY": "simulator"}
+
+        secret = settings.jwt_secret.get_secret_value()
+        env["JWT_SECRET"] = (
+            _persistent_secret(home / "jwt_secret") if secret == DEV_JWT_SECRET else secret
+        )
+        _write_stack_env(home, env)
+        full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
+
+        applied = asyncio.run(migrate(full.require_database_url()))
+        asyncio.run(set_role_passwords(full))
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        demo = asyncio.run(_demo_account(full, home / "demo.json"))
+
+        children.append(
+            ("worker", stack.spawn(stack.oslira_command("worker"), env, home / "worker.log"))
+        )
+        children.append(("api", stack.spawn(stack.oslira_command("api"), env, home / "api.log")))
+        stack.wait_for_port(settings.api_host, settings.api_port, 30, children[-1][1])
+        _banner(full, settings, demo, home)
+
+        reported: set[str] = set()
+        while not stopping.wait(0.5):
+            for name, proc in children:
+                if proc.poll() is not None and name not in reported:
+                    reported.add(name)
+                    log.warning(
+                        "%s exited with %s; see %s/%s.log. Restart it alone with "
+                        "`.venv/bin/oslira %s` in another shell (it reads %s).",
+                        name,
+                        proc.returncode,
+                        home,
+                        name,
+                        name,
+                        stack_env_path(home),
+                    )
+        log.info("stopping")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for _name, proc in reversed(children):
+            stack.stop(proc)
+        stack_env_path(home).unlink(missing_ok=True)
+        if pg_server is not None:
+            pg_server.cleanup()  # type: ignore[attr-defined]
+
+
+def _single_instance(home: Path) -> IO[str]:
+    handle = open(home / "dev.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"another `oslira dev` is running with OSLIRA_HOME={home}")
+    return handle
+
+
+def _persistent_secret(path: Path) -> str:
+    """A random JWT secret kept in the state folder, so tokens survive restarts."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _write_stack_env(home: Path, env: dict[str, str]) -> None:
+    path = stack_env_path(home)
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != "OSLIRA_HOME"))
+    path.chmod(0o600)
+
+
+async def _demo_account(settings: Settings, record: Path) -> dict[str, str]:
+    """The demo account: created once, kept across restarts with the rest of the data."""
+    conn = await asyncpg.connect(settings.worker_dsn)
+    try:
+        if record.exists():
+            demo: dict[str, str] = json.loads(record.read_text())
+            if await conn.fetchval(
+                "SELECT 1 FROM accounts WHERE id = $1::uuid", demo["account_id"]
+            ):
+                return demo
+        created = await create_account(conn, name="Demo", credits_granted=DEMO_CREDITS)
+    finally:
+        await conn.close()
+    demo = {
+        "account_id": str(created.account_id),
+        "user_id": str(created.user_id),
+        "business_profile_id": str(created.business_profile_id),
+    }
+    record.write_text(json.dumps(demo))
+    return demo
+
+
+def _banner(settings: Settings, dev: Settings, demo: dict[str, str], home: Path) -> None:
+    from uuid import UUID
+
+    token = mint_token(settings, UUID(demo["user_id"]), valid_for=timedelta(days=30))
+    api = f"http://{dev.api_host}:{dev.api_port}"
+    ui = (
+        f"http://127.0.0.1:{dev.temporal_ui_port}"
+        if dev.temporal_address is None
+        else "(your Temporal server's UI)"
+    )
+    body = json.dumps(
+        {
+            "username": "natgeo",
+            "analysis_type": "light",
+            "business_profile_id": demo["business_profile_id"],
+        }
+    )
+    print(
+        f"""
+Oslira is running.
+  API          {api}   (docs: {api}/docs)
+  Temporal UI  {ui}
+  State        {home}   (logs: *.log)
+
+Demo account {demo["account_id"]} ({DEMO_CREDITS} credits at creation). Bearer token (30 days):
+  export TOKEN={token}
+
+Start an analysis:
+  curl -s -X POST {api}/api/leads/analyze -H "Authorization: Bearer $TOKEN" \\
+       -H 'Content-Type: application/json' -d '{body}'
+Then follow it:
+  curl -s {api}/api/analysis/<run_id>/progress -H "Authorization: Bearer $TOKEN"
+
+Usernames starting with notfound, private, flaky or slow show the failure paths.
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )

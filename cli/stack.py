@@ -1,0 +1,159 @@
+"""The parts of the embedded stack: PostgreSQL (pgserver), the Temporal dev server and our
+child processes. `oslira dev`, the test suite and the benchmark all start them from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from core.temporal import SEARCH_ATTRIBUTES
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "oslira"
+
+# Dev server tuning, measured on a 2-core machine (see README, "Performance"): eager
+# activity dispatch skips a poll round trip per activity, one partition per task queue
+# avoids forwarding between partitions, and WAL keeps SQLite commits cheap.
+TEMPORAL_DYNAMIC_CONFIG = {
+    "system.enableActivityEagerExecution": "true",
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+TEMPORAL_SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal"}
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def start_postgres(pgdata: Path, *, keep_running: bool = False) -> tuple[object, str]:
+    """Starts (or joins) the embedded server for `pgdata`; returns it and the admin URL.
+
+    The server stops when this process exits unless `keep_running`.
+    """
+    import pgserver  # imported here: it registers an exit handler on import of a server
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    return server, server.get_uri()
+
+
+async def ensure_database(admin_url: str, name: str = DATABASE_NAME) -> str:
+    """Creates database `name` on the server if missing; returns its URL."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+# --- Temporal -----------------------------------------------------------------------------
+
+
+def temporal_binary() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        raise RuntimeError("the `temporal` CLI is missing: install the project (`make install`)")
+    return found
+
+
+def temporal_command(
+    *, port: int, ui_port: int | None, db_file: Path | None, ip: str = "127.0.0.1"
+) -> list[str]:
+    cmd = [temporal_binary(), "server", "start-dev", "--ip", ip, "--port", str(port)]
+    cmd += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if db_file is not None:
+        cmd += ["--db-filename", str(db_file)]
+        for pragma, value in TEMPORAL_SQLITE_PRAGMAS.items():
+            cmd += ["--sqlite-pragma", f"{pragma}={value}"]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    for key, value in TEMPORAL_DYNAMIC_CONFIG.items():
+        cmd += ["--dynamic-config-value", f"{key}={value}"]
+    return [*cmd, "--log-level", "warn"]
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} while starting")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+async def wait_for_temporal(address: str, timeout: float = 30.0) -> None:
+    from temporalio.client import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = await Client.connect(address)
+            await client.service_client.check_health()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- child processes ----------------------------------------------------------------------
+
+
+def spawn(
+    args: list[str], env: Mapping[str, str], log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A child in its own process group, so Ctrl-C reaches only the supervisor, which then
+    stops the children in order."""
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def oslira_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]

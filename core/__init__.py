@@ -1,0 +1,1 @@
+"""Shared pieces of every process: settings, tiers, the run model and error codes."""

@@ -1,0 +1,238 @@
+"""Inputs and outputs of the analysis workflow and its activities.
+
+Every workflow and activity takes one model and returns one, so fields can be added without
+breaking the histories of runs in flight. New fields need defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from core.tiers import RunStatus, Step, Tier
+
+StepState = Literal["pending", "running", "done", "skipped", "failed", "cancelled"]
+
+
+class Post(BaseModel):
+    id: str
+    type: str = "Image"
+    caption: str = ""
+    hashtags: list[str] = Field(default_factory=list)
+    likes_count: int = 0
+    comments_count: int = 0
+    video_view_count: int | None = None
+    timestamp: datetime | None = None
+    is_pinned: bool = False
+
+
+class Profile(BaseModel):
+    """A public Instagram profile as scraped, in our own names."""
+
+    username: str
+    instagram_id: str | None = None
+    full_name: str = ""
+    biography: str = ""
+    external_url: str | None = None
+    followers_count: int = 0
+    follows_count: int = 0
+    posts_count: int = 0
+    is_private: bool = False
+    is_verified: bool = False
+    is_business: bool = False
+    business_category: str | None = None
+    profile_pic_url: str | None = None
+    posts: list[Post] = Field(default_factory=list)
+
+    @property
+    def engagement_rate(self) -> float | None:
+        """Mean likes + comments per post over followers, in percent."""
+        if not self.posts or self.followers_count <= 0:
+            return None
+        interactions = sum(p.likes_count + p.comments_count for p in self.posts)
+        return round(100 * interactions / len(self.posts) / self.followers_count, 3)
+
+
+class BusinessContext(BaseModel):
+    """What the AI needs to know about the business the lead is qualified for."""
+
+    id: UUID
+    name: str
+    description: str = ""
+    offering: str = ""
+    target_audience: str = ""
+
+
+class StepRecord(BaseModel):
+    name: Step
+    status: StepState = "pending"
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt: int = 0
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+
+
+class Progress(BaseModel):
+    """What the progress query answers (DESIGN.md section 3)."""
+
+    run_id: UUID
+    status: RunStatus
+    progress: int
+    current_step: Step | None
+    steps: list[StepRecord]
+    error: RunError | None = None
+
+
+class AIUsage(BaseModel):
+    model: str
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class CostBreakdown(BaseModel):
+    cache_hit: bool = False
+    apify_usd: float = 0.0
+    ai: list[AIUsage] = Field(default_factory=list)
+
+    @property
+    def ai_usd(self) -> float:
+        return sum(u.cost_usd for u in self.ai)
+
+    @property
+    def total_usd(self) -> float:
+        return round(self.apify_usd + self.ai_usd, 6)
+
+
+# --- workflow -------------------------------------------------------------------------
+
+
+class AnalysisInput(BaseModel):
+    run_id: UUID
+    account_id: UUID
+    business_profile_id: UUID
+    username: str
+    tier: Tier
+    # Fixed when the request was accepted, so a price change cannot alter a run in flight.
+    credits_cost: int
+    # None: scrape on the workflow's own task queue.
+    scrape_task_queue: str | None = None
+
+
+class AnalysisOutcome(BaseModel):
+    run_id: UUID
+    status: RunStatus
+    lead_id: UUID | None = None
+    error: RunError | None = None
+
+
+# --- activities -----------------------------------------------------------------------
+
+
+class StepDone(BaseModel):
+    """When and on which attempt an activity did its step; part of every activity output."""
+
+    started_at: datetime
+    finished_at: datetime
+    attempt: int
+
+
+class ChargeInput(BaseModel):
+    run_id: UUID
+    account_id: UUID
+    business_profile_id: UUID
+    credits_cost: int
+
+
+class ChargeOutput(BaseModel):
+    done: StepDone
+    balance_after: int
+    business: BusinessContext
+
+
+class CacheLookupInput(BaseModel):
+    run_id: UUID
+    username: str
+    tier: Tier
+
+
+class CacheLookupOutput(BaseModel):
+    done: StepDone
+    profile: Profile | None = None
+    age_seconds: float | None = None
+
+
+class ScrapeInput(BaseModel):
+    run_id: UUID
+    username: str
+
+
+class ScrapeOutput(BaseModel):
+    done: StepDone
+    profile: Profile
+    cost_usd: float
+
+
+class CacheStoreInput(BaseModel):
+    run_id: UUID
+    profile: Profile
+
+
+class CacheStoreOutput(BaseModel):
+    done: StepDone
+
+
+AIPart = Literal["fit_light", "fit_deep", "outreach", "psychographics"]
+
+
+class AIInput(BaseModel):
+    run_id: UUID
+    part: AIPart
+    tier: Tier
+    business: BusinessContext
+    profile: Profile
+
+
+class AIOutput(BaseModel):
+    done: StepDone
+    part: AIPart
+    fields: dict[str, object]
+    usage: AIUsage
+
+
+class SaveResultInput(BaseModel):
+    run_id: UUID
+    account_id: UUID
+    business_profile_id: UUID
+    profile: Profile
+    analysis: dict[str, object]
+    cost: CostBreakdown
+    steps: list[StepRecord]
+
+
+class SaveResultOutput(BaseModel):
+    lead_id: UUID
+    upserted: StepDone
+    saved: StepDone
+
+
+class FinishInput(BaseModel):
+    run_id: UUID
+    status: Literal[RunStatus.failed, RunStatus.cancelled]
+    error: RunError
+    steps: list[StepRecord]
+
+
+class FinishOutput(BaseModel):
+    refunded_credits: int
+    # The run's status after the step: `complete` when it had already passed the commit point.
+    status: RunStatus
+    lead_id: UUID | None = None

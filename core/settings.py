@@ -1,0 +1,186 @@
+"""One settings class for every process (API, worker, CLI), read from the environment.
+
+`oslira dev` writes the addresses of the stack it started to `$OSLIRA_HOME/stack.env`, so
+commands run from another shell (`oslira accounts create`) reach the same stack. Variables
+set in the environment always win over that file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.tiers import Tier
+
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+API_ROLE = "oslira_api"
+WORKER_ROLE = "oslira_worker"
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
+    "gpt-5-nano": ModelPrice(input=0.05, cached_input=0.005, output=0.40),
+    "gpt-5-mini": ModelPrice(input=0.25, cached_input=0.025, output=2.00),
+    "gpt-5": ModelPrice(input=1.25, cached_input=0.125, output=10.00),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="ignore", env_nested_delimiter="__", protected_namespaces=()
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    oslira_home: Path = Path(".oslira")
+
+    # Database. DATABASE_URL is the owner (migrations, admin); the API and the workers
+    # connect as their own roles, derived from it unless given explicitly.
+    database_url: str | None = None
+    api_database_url: str | None = None
+    worker_database_url: str | None = None
+    db_api_password: SecretStr | None = None
+    db_worker_password: SecretStr | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+
+    # Temporal
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    task_queue: str = "oslira-analysis"
+    # Scrapes may run on their own queue (dedicated workers); by default they share the
+    # main queue so the server can hand them to the worker eagerly.
+    scrape_task_queue: str | None = None
+
+    # Ports used by `oslira dev`
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    sim_port: int = 8010
+
+    # Authentication
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_audience: str = "authenticated"
+
+    # Apify
+    apify_token: SecretStr | None = None
+    apify_base_url: str = "https://api.apify.com"
+    apify_actor: str = "apify~instagram-profile-scraper"
+    apify_timeout_seconds: float = 320.0
+    apify_usd_per_profile: float = 0.0023
+
+    # OpenAI
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_timeout_seconds: float = 120.0
+    model_light: str = "gpt-5-nano"
+    model_deep: str = "gpt-5-mini"
+    model_xray: str = "gpt-5"
+    model_prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
+
+    # Credits per tier and cache freshness per tier (hours)
+    credits_light: int = 1
+    credits_deep: int = 3
+    credits_xray: int = 5
+    cache_ttl_hours_light: float = 24
+    cache_ttl_hours_deep: float = 12
+    cache_ttl_hours_xray: float = 6
+
+    # How long the progress endpoint waits for a workflow query before it answers from the
+    # database, and how long it then skips queries after one timed out (no worker running).
+    progress_query_timeout_seconds: float = 0.5
+    progress_query_backoff_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production":
+            if self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+                raise ValueError("JWT_SECRET must be set outside development")
+            if len(self.jwt_secret.get_secret_value()) < 32:
+                raise ValueError("JWT_SECRET must be at least 32 characters")
+            if self.database_url is None:
+                raise ValueError("DATABASE_URL must be set outside development")
+            if self.temporal_address is None:
+                raise ValueError("TEMPORAL_ADDRESS must be set outside development")
+        return self
+
+    # --- derived values -----------------------------------------------------------------
+
+    @property
+    def scrape_queue(self) -> str:
+        return self.scrape_task_queue or self.task_queue
+
+    @property
+    def uses_apify_simulator(self) -> bool:
+        return self.apify_token is None
+
+    def credits_for(self, tier: Tier) -> int:
+        return int(getattr(self, f"credits_{tier.value}"))
+
+    def model_for(self, tier: Tier) -> str:
+        return str(getattr(self, f"model_{tier.value}"))
+
+    def cache_ttl_seconds(self, tier: Tier) -> float:
+        return float(getattr(self, f"cache_ttl_hours_{tier.value}")) * 3600
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise RuntimeError(
+                "No database configured: start the stack with `oslira dev` "
+                "(or `make run`) or set DATABASE_URL."
+            )
+        return self.database_url
+
+    def require_temporal_address(self) -> str:
+        if self.temporal_address is None:
+            raise RuntimeError(
+                "No Temporal server configured: start the stack with `oslira dev` "
+                "(or `make run`) or set TEMPORAL_ADDRESS."
+            )
+        return self.temporal_address
+
+    @cached_property
+    def api_dsn(self) -> str:
+        return self.api_database_url or _with_role(
+            self.require_database_url(), API_ROLE, self.db_api_password
+        )
+
+    @cached_property
+    def worker_dsn(self) -> str:
+        return self.worker_database_url or _with_role(
+            self.require_database_url(), WORKER_ROLE, self.db_worker_password
+        )
+
+
+def _with_role(dsn: str, role: str, password: SecretStr | None) -> str:
+    """The same server and database as `dsn`, logged in as `role`."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    auth = quote(role)
+    if password is not None:
+        auth += ":" + quote(password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+
+
+def stack_env_path(home: Path) -> Path:
+    return home / "stack.env"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, completed by the running dev stack's addresses."""
+    home = Path(os.environ.get("OSLIRA_HOME", ".oslira"))
+    env_file = stack_env_path(home)
+    return Settings(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[call-arg]

@@ -1,0 +1,1 @@
+"""Schema, connection pools and the SQL of each aggregate (accounts, credits, analyses, ...)."""

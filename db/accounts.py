@@ -1,0 +1,43 @@
+"""Accounts, users and memberships."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+
+async def create_account(conn: asyncpg.Connection, name: str) -> UUID:
+    account_id: UUID = await conn.fetchval(
+        "INSERT INTO accounts (name) VALUES ($1) RETURNING id", name
+    )
+    return account_id
+
+
+async def ensure_user(conn: asyncpg.Connection, user_id: UUID, email: str | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        user_id,
+        email,
+    )
+
+
+async def add_member(
+    conn: asyncpg.Connection, account_id: UUID, user_id: UUID, role: str = "owner"
+) -> None:
+    await conn.execute(
+        """INSERT INTO account_members (account_id, user_id, role) VALUES ($1, $2, $3)
+           ON CONFLICT (account_id, user_id) DO UPDATE SET role = excluded.role""",
+        account_id,
+        user_id,
+        role,
+    )
+
+
+async def memberships(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The signed-in user's accounts (row level security filters by app.user_id)."""
+    return await conn.fetch(
+        """SELECT m.account_id, m.role FROM account_members m
+           JOIN accounts a ON a.id = m.account_id
+           WHERE a.deleted_at IS NULL ORDER BY m.created_at"""
+    )

@@ -1,0 +1,208 @@
+"""Analysis runs: the request row the API creates and the workflow's persisted progress."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from core.models import StepRecord
+from core.tiers import RunStatus, Step
+
+IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
+
+_RUN_COLUMNS = """id, account_id, business_profile_id, username, analysis_type, credits_cost,
+    status, progress, current_step, steps, error_code, error_message, idempotency_key,
+    request_hash, cancel_requested_at, lead_id, result, cost, credits_charged,
+    created_at, updated_at, finished_at"""
+
+
+def steps_json(steps: list[StepRecord]) -> dict[str, Any]:
+    return {s.name.value: s.model_dump(mode="json", exclude={"name"}) for s in steps}
+
+
+def steps_from_json(value: dict[str, Any] | None) -> list[StepRecord]:
+    value = value or {}
+    return [StepRecord(name=step, **value.get(step.value, {})) for step in Step]
+
+
+# --- API side (tenant-scoped connection) ----------------------------------------------
+
+
+async def insert_pending(
+    conn: asyncpg.Connection,
+    *,
+    run_id: UUID,
+    account_id: UUID,
+    business_profile_id: UUID,
+    requested_by: UUID,
+    username: str,
+    analysis_type: str,
+    credits_cost: int,
+    progress: int,
+    current_step: Step,
+    steps: list[StepRecord],
+    idempotency_key: str | None,
+    request_hash: str,
+) -> None:
+    """Raises UniqueViolationError on `analyses_one_in_flight` or `analyses_idempotency_key`."""
+    await conn.execute(
+        """INSERT INTO analyses (id, account_id, business_profile_id, requested_by, username,
+               analysis_type, credits_cost, progress, current_step, steps, idempotency_key,
+               request_hash)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+        run_id,
+        account_id,
+        business_profile_id,
+        requested_by,
+        username,
+        analysis_type,
+        credits_cost,
+        progress,
+        current_step.value,
+        steps_json(steps),
+        idempotency_key,
+        request_hash,
+    )
+
+
+async def get(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM analyses WHERE id = $1", run_id)
+
+
+async def find_in_flight(
+    conn: asyncpg.Connection, account_id: UUID, business_profile_id: UUID, username: str
+) -> UUID | None:
+    return await conn.fetchval(
+        f"""SELECT id FROM analyses
+            WHERE account_id = $1 AND business_profile_id = $2 AND username = $3
+              AND {IN_FLIGHT_SQL}""",
+        account_id,
+        business_profile_id,
+        username,
+    )
+
+
+async def find_by_idempotency_key(
+    conn: asyncpg.Connection, account_id: UUID, key: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM analyses WHERE account_id = $1 AND idempotency_key = $2",
+        account_id,
+        key,
+    )
+
+
+async def request_cancel(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+    """Flags an in-flight run as cancelled by its owner; the commit step honours the flag.
+
+    Returns the row as it is after the update, or None when the run does not exist. The
+    row lock makes this and the commit step (db.analyses.lock_for_commit) mutually
+    exclusive: one of the two wins, never both.
+    """
+    row = await conn.fetchrow(
+        f"""UPDATE analyses
+            SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+            WHERE id = $1 AND {IN_FLIGHT_SQL}
+            RETURNING {_RUN_COLUMNS}""",
+        run_id,
+    )
+    return row if row is not None else await get(conn, run_id)
+
+
+async def mark_not_started(conn: asyncpg.Connection, run_id: UUID, code: str, message: str) -> None:
+    """The workflow could not be started: the run fails before anything was charged."""
+    await conn.execute(
+        f"""UPDATE analyses SET status = 'failed', error_code = $2, error_message = $3,
+               updated_at = now(), finished_at = now()
+            WHERE id = $1 AND {IN_FLIGHT_SQL}""",
+        run_id,
+        code,
+        message,
+    )
+
+
+# --- worker side (system role) --------------------------------------------------------
+
+
+async def lock(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM analyses WHERE id = $1 FOR UPDATE", run_id
+    )
+
+
+async def record_step(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    step: StepRecord,
+    *,
+    status: RunStatus | None = None,
+) -> None:
+    """Persists one step's state for the progress endpoint's fallback.
+
+    Progress never goes back and a finished run is never touched, whatever order retried or
+    replayed activities write in.
+    """
+    progress = step.name.progress_after if step.status in ("done", "skipped") else 0
+    await conn.execute(
+        f"""UPDATE analyses
+            SET steps = steps || jsonb_build_object($2::text, $3::jsonb),
+                progress = GREATEST(progress, $4),
+                current_step = $2,
+                status = coalesce($5, status),
+                updated_at = now()
+            WHERE id = $1 AND {IN_FLIGHT_SQL}""",
+        run_id,
+        step.name.value,
+        step.model_dump(mode="json", exclude={"name"}),
+        progress,
+        status.value if status else None,
+    )
+
+
+async def complete(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    *,
+    lead_id: UUID,
+    result: dict[str, Any],
+    cost: dict[str, Any],
+    credits_charged: int,
+    steps: list[StepRecord],
+) -> None:
+    await conn.execute(
+        """UPDATE analyses
+           SET status = 'complete', progress = 100, current_step = 'complete',
+               steps = $2, lead_id = $3, result = $4, cost = $5, credits_charged = $6,
+               updated_at = now(), finished_at = now()
+           WHERE id = $1""",
+        run_id,
+        steps_json(steps),
+        lead_id,
+        result,
+        cost,
+        credits_charged,
+    )
+
+
+async def finish_unsuccessful(
+    conn: asyncpg.Connection,
+    run_id: UUID,
+    *,
+    status: RunStatus,
+    error_code: str,
+    error_message: str,
+    steps: list[StepRecord],
+) -> None:
+    await conn.execute(
+        f"""UPDATE analyses
+            SET status = $2, error_code = $3, error_message = $4, steps = $5,
+                credits_charged = 0, updated_at = now(), finished_at = now()
+            WHERE id = $1 AND {IN_FLIGHT_SQL}""",
+        run_id,
+        status.value,
+        error_code,
+        error_message,
+        steps_json(steps),
+    )

@@ -1,0 +1,52 @@
+"""Business profiles: who an account sells to and what it offers."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+_COLUMNS = "id, account_id, name, description, offering, target_audience, created_at, updated_at"
+
+
+async def create(
+    conn: asyncpg.Connection,
+    *,
+    account_id: UUID,
+    name: str,
+    description: str = "",
+    offering: str = "",
+    target_audience: str = "",
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""INSERT INTO business_profiles
+                (account_id, name, description, offering, target_audience)
+            VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
+        account_id,
+        name,
+        description,
+        offering,
+        target_audience,
+    )
+    assert row is not None
+    return row
+
+
+async def get_live(conn: asyncpg.Connection, profile_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM business_profiles WHERE id = $1 AND deleted_at IS NULL",
+        profile_id,
+    )
+
+
+async def page(
+    conn: asyncpg.Connection, *, limit: int, offset: int
+) -> tuple[int, list[asyncpg.Record]]:
+    total = await conn.fetchval("SELECT count(*) FROM business_profiles WHERE deleted_at IS NULL")
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM business_profiles WHERE deleted_at IS NULL
+            ORDER BY created_at DESC, id LIMIT $1 OFFSET $2""",
+        limit,
+        offset,
+    )
+    return int(total), rows

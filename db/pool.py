@@ -1,0 +1,33 @@
+"""Connection pools: one per process and role, with JSON codecs installed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # Role, tenant and statement settings are per transaction, so a connection
+        # returned to the pool carries nothing over; keep asyncpg's reset anyway.
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,24 @@
+"""The local profile cache table (used when no S3 store is configured)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+
+async def get(conn: asyncpg.Connection, key: str) -> tuple[dict[str, Any], datetime] | None:
+    row = await conn.fetchrow("SELECT profile, stored_at FROM profile_cache WHERE key = $1", key)
+    return None if row is None else (row["profile"], row["stored_at"])
+
+
+async def put(conn: asyncpg.Connection, key: str, profile: dict[str, Any], size: int) -> None:
+    await conn.execute(
+        """INSERT INTO profile_cache (key, profile, size_bytes) VALUES ($1, $2, $3)
+           ON CONFLICT (key) DO UPDATE SET profile = excluded.profile,
+               size_bytes = excluded.size_bytes, stored_at = now()""",
+        key,
+        profile,
+        size,
+    )

@@ -1,0 +1,1 @@
+"""Clients of other people's services, each behind a small interface with a local stand-in."""

@@ -1,0 +1,81 @@
+"""Runs one structured AI call through the official OpenAI SDK (Responses API)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import openai
+from pydantic import BaseModel
+
+from core.analysis import SCHEMAS, instructions, profile_input
+from core.models import AIPart, AIUsage, BusinessContext, Profile
+from core.settings import ModelPrice
+
+
+class AIUnavailableError(Exception):
+    """A failure that may pass: rate limit, timeout, server trouble."""
+
+
+class AIRejectedError(Exception):
+    """The request itself was refused or the answer unusable: retrying cannot help."""
+
+
+class OpenAIAnalyzer:
+    def __init__(self, client: openai.AsyncOpenAI, prices: dict[str, ModelPrice]) -> None:
+        self._client = client
+        self._prices = prices
+
+    async def analyze(
+        self, part: AIPart, model: str, business: BusinessContext, profile: Profile
+    ) -> tuple[BaseModel, AIUsage]:
+        schema = SCHEMAS[part]
+        try:
+            response = await self._client.responses.parse(
+                model=model,
+                instructions=instructions(part, business),
+                input=profile_input(profile),
+                text_format=schema,
+                # Requests sharing a business profile and task share a cacheable prefix.
+                prompt_cache_key=_cache_key(part, business),
+            )
+        except (
+            openai.APIConnectionError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        ) as exc:
+            raise AIUnavailableError(f"OpenAI unavailable: {exc}") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code in (408, 409) or exc.status_code >= 500:
+                raise AIUnavailableError(f"OpenAI answered {exc.status_code}") from exc
+            raise AIRejectedError(f"OpenAI answered {exc.status_code}: {exc.message}") from exc
+        except openai.OpenAIError as exc:  # malformed or refused structured output
+            raise AIRejectedError(f"OpenAI answer unusable: {exc}") from exc
+        parsed = response.output_parsed
+        if parsed is None:
+            raise AIRejectedError("OpenAI returned no structured output (refusal)")
+        return parsed, self._usage(model, response.usage)
+
+    def _usage(self, model: str, usage: object) -> AIUsage:
+        input_tokens = getattr(usage, "input_tokens", 0) or 0
+        details = getattr(usage, "input_tokens_details", None)
+        cached = getattr(details, "cached_tokens", 0) or 0
+        output_tokens = getattr(usage, "output_tokens", 0) or 0
+        price = self._prices.get(model)
+        cost = 0.0
+        if price is not None:
+            cost = (
+                (input_tokens - cached) * price.input
+                + cached * price.cached_input
+                + output_tokens * price.output
+            ) / 1_000_000
+        return AIUsage(
+            model=model,
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            output_tokens=output_tokens,
+            cost_usd=round(cost, 8),
+        )
+
+
+def _cache_key(part: AIPart, business: BusinessContext) -> str:
+    return hashlib.sha256(f"{part}:{business.id}".encode()).hexdigest()[:32]

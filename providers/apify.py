@@ -1,0 +1,103 @@
+"""Scrapes a public Instagram profile with Apify's instagram-profile-scraper actor."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from core.models import Post, Profile
+
+
+class ProfileNotFoundError(Exception):
+    pass
+
+
+class PrivateProfileError(Exception):
+    pass
+
+
+class ScrapeUnavailableError(Exception):
+    """A failure that may pass: rate limit, timeout, provider trouble."""
+
+
+class ScrapeRejectedError(Exception):
+    """The provider refused the request itself (bad token, bad input): retrying cannot help."""
+
+
+class ApifyScraper:
+    def __init__(self, client: httpx.AsyncClient, *, token: str, actor: str) -> None:
+        self._client = client
+        self._token = token
+        self._path = f"/v2/acts/{actor}/run-sync-get-dataset-items"
+
+    async def scrape(self, username: str) -> Profile:
+        try:
+            response = await self._client.post(
+                self._path, params={"token": self._token}, json={"usernames": [username]}
+            )
+        except httpx.TransportError as exc:
+            raise ScrapeUnavailableError(f"Apify unreachable: {exc!r}") from exc
+        if response.status_code in (408, 429) or response.status_code >= 500:
+            raise ScrapeUnavailableError(f"Apify answered {response.status_code}")
+        if response.status_code >= 400:
+            raise ScrapeRejectedError(f"Apify answered {response.status_code}: {response.text}")
+        items = response.json()
+        if not isinstance(items, list):
+            raise ScrapeUnavailableError("Apify answered something other than a list of items")
+        item = _item_for(items, username)
+        if item is None:
+            raise ProfileNotFoundError(f"@{username} does not exist")
+        profile = parse_profile(item)
+        if profile.is_private:
+            raise PrivateProfileError(f"@{username} is private")
+        return profile
+
+
+def _item_for(items: list[Any], username: str) -> dict[str, Any] | None:
+    for item in items:
+        if not isinstance(item, dict) or item.get("error"):
+            continue
+        if str(item.get("username", "")).lower() == username:
+            return item
+    return None
+
+
+def parse_profile(item: dict[str, Any]) -> Profile:
+    category = item.get("businessCategoryName")
+    return Profile(
+        username=str(item["username"]).lower(),
+        instagram_id=_str_or_none(item.get("id")),
+        full_name=item.get("fullName") or "",
+        biography=item.get("biography") or "",
+        external_url=item.get("externalUrl") or None,
+        followers_count=int(item.get("followersCount") or 0),
+        follows_count=int(item.get("followsCount") or 0),
+        posts_count=int(item.get("postsCount") or 0),
+        is_private=bool(item.get("private")),
+        is_verified=bool(item.get("verified")),
+        is_business=bool(item.get("isBusinessAccount")),
+        business_category=None if category in (None, "", "None") else str(category),
+        profile_pic_url=item.get("profilePicUrlHD") or item.get("profilePicUrl"),
+        posts=[_parse_post(p) for p in item.get("latestPosts") or [] if isinstance(p, dict)],
+    )
+
+
+def _parse_post(post: dict[str, Any]) -> Post:
+    timestamp = post.get("timestamp")
+    return Post(
+        id=str(post.get("id") or post.get("shortCode") or ""),
+        type=post.get("type") or "Image",
+        caption=post.get("caption") or "",
+        hashtags=[str(h) for h in post.get("hashtags") or []],
+        likes_count=max(int(post.get("likesCount") or 0), 0),
+        comments_count=max(int(post.get("commentsCount") or 0), 0),
+        video_view_count=post.get("videoViewCount"),
+        timestamp=datetime.fromisoformat(timestamp) if timestamp else None,
+        is_pinned=bool(post.get("isPinned")),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,1 @@
+"""Local stand-ins for Apify and OpenAI that speak their real HTTP protocols."""

@@ -1,0 +1,165 @@
+"""A local Apify: the instagram-profile-scraper actor's run-sync-get-dataset-items endpoint.
+
+Profiles are made up but deterministic: the same username always gives the same profile.
+Usernames that start with these words behave as their name says, so anyone can demo
+failures: `notfound` (no such profile), `private` (a private profile), `flaky` (503 twice,
+then success), `slow` (takes 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+SLOW_SECONDS = 10.0
+FLAKY_FAILURES = 2
+# Fixed, so the same username gives the same posts whatever the day.
+EPOCH = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+_NICHES = [
+    ("fitness", "Fitness coach", ["workout", "fitness", "gym", "health", "motivation"]),
+    ("food", "Restaurant", ["food", "recipe", "foodie", "homecooking", "yum"]),
+    ("travel", "Travel company", ["travel", "wanderlust", "explore", "adventure", "trip"]),
+    ("beauty", "Beauty salon", ["skincare", "makeup", "beauty", "selfcare", "glow"]),
+    ("tech", "Software company", ["tech", "startup", "coding", "ai", "productivity"]),
+    ("fashion", "Clothing brand", ["fashion", "style", "ootd", "streetwear", "outfit"]),
+    ("coffee", "Coffee shop", ["coffee", "latte", "barista", "cafe", "morning"]),
+    ("photo", "Photographer", ["photography", "portrait", "light", "camera", "photooftheday"]),
+]
+_FIRST = ["Ava", "Liam", "Maya", "Noah", "Zoe", "Leo", "Iris", "Kai", "Nora", "Omar", "Lena"]
+_LAST = ["Rivera", "Chen", "Novak", "Okafor", "Silva", "Berg", "Haddad", "Moreau", "Tanaka"]
+_CAPTIONS = [
+    "New {topic} drop today, which one is your favourite?",
+    "Behind the scenes of this week's {topic} shoot.",
+    "Three things I wish I knew when I started with {topic}.",
+    "Thank you for 1 year of {topic} with this community!",
+    "Quick {topic} tip: consistency beats intensity.",
+    "Saturday vibes. {topic} all day.",
+    "Giveaway! Tag a friend who loves {topic}.",
+    "Answering your top {topic} questions in the comments.",
+]
+
+
+class ApifySimulator:
+    def __init__(self, latency_ms: float = 300.0) -> None:
+        self.latency_ms = latency_ms
+        self._failures: Counter[str] = Counter()
+        self.router = APIRouter()
+        self.router.add_api_route(
+            "/v2/acts/{actor}/run-sync-get-dataset-items",
+            self.run_sync_get_dataset_items,
+            methods=["POST"],
+            status_code=201,
+        )
+
+    async def run_sync_get_dataset_items(
+        self, actor: str, request: Request, token: str = Query("")
+    ) -> Any:
+        if not token:
+            raise HTTPException(401, "token required")
+        if actor != "apify~instagram-profile-scraper":
+            raise HTTPException(404, f"actor {actor} not found")
+        body = await request.json()
+        usernames = [str(u).lstrip("@").lower() for u in body.get("usernames", [])]
+        if not usernames:
+            raise HTTPException(400, "input.usernames is required")
+        if self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+        for username in usernames:
+            if username.startswith("flaky") and self._failures[username] < FLAKY_FAILURES:
+                self._failures[username] += 1
+                return JSONResponse({"error": {"type": "platform-busy"}}, status_code=503)
+        if any(u.startswith("slow") for u in usernames):
+            await asyncio.sleep(SLOW_SECONDS)
+        return [item for u in usernames if (item := profile_item(u)) is not None]
+
+
+def profile_item(username: str) -> dict[str, Any] | None:
+    """The dataset item the actor returns for a username (None: the profile does not exist)."""
+    if username.startswith("notfound"):
+        return None
+    rng = random.Random(hashlib.sha256(username.encode()).digest())
+    niche, category, tags = rng.choice(_NICHES)
+    followers = int(10 ** rng.uniform(2.3, 6.5))
+    private = username.startswith("private")
+    verified = followers > 500_000 and rng.random() < 0.6
+    business = rng.random() < 0.55
+    user_id = str(rng.randrange(10**9, 10**11))
+    item: dict[str, Any] = {
+        "id": user_id,
+        "username": username,
+        "url": f"https://www.instagram.com/{username}",
+        "fullName": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+        "biography": f"{category} | {niche} tips & stories | DM for collabs",
+        "externalUrl": f"https://{username.replace('_', '').replace('.', '')}.example.com"
+        if business
+        else None,
+        "externalUrls": [],
+        "followersCount": followers,
+        "followsCount": rng.randrange(50, 2_000),
+        "postsCount": rng.randrange(12, 2_500),
+        "highlightReelCount": rng.randrange(0, 20),
+        "igtvVideoCount": rng.randrange(0, 5),
+        "isBusinessAccount": business,
+        "businessCategoryName": category if business else "None",
+        "joinedRecently": False,
+        "private": private,
+        "verified": verified,
+        "profilePicUrl": f"https://cdn.example.com/{user_id}/pic.jpg",
+        "profilePicUrlHD": f"https://cdn.example.com/{user_id}/pic_hd.jpg",
+        "fbid": str(rng.randrange(10**14, 10**15)),
+        "latestPosts": [],
+        "relatedProfiles": [],
+    }
+    if item["externalUrl"]:
+        item["externalUrls"] = [{"title": "Website", "url": item["externalUrl"]}]
+    if not private:
+        engagement = rng.uniform(0.005, 0.08)
+        item["latestPosts"] = [
+            _post(rng, username, user_id, niche, tags, followers, engagement, i) for i in range(12)
+        ]
+    return item
+
+
+def _post(
+    rng: random.Random,
+    username: str,
+    user_id: str,
+    niche: str,
+    tags: list[str],
+    followers: int,
+    engagement: float,
+    index: int,
+) -> dict[str, Any]:
+    kind = rng.choice(["Image", "Image", "Sidecar", "Video"])
+    likes = int(followers * engagement * rng.uniform(0.5, 1.5))
+    hashtags = rng.sample(tags, 3)
+    short_code = hashlib.sha1(f"{username}:{index}".encode()).hexdigest()[:11]
+    post: dict[str, Any] = {
+        "id": str(rng.randrange(10**18, 10**19)),
+        "type": kind,
+        "shortCode": short_code,
+        "caption": rng.choice(_CAPTIONS).format(topic=niche)
+        + " "
+        + " ".join(f"#{h}" for h in hashtags),
+        "hashtags": hashtags,
+        "mentions": [],
+        "url": f"https://www.instagram.com/p/{short_code}/",
+        "commentsCount": int(likes * rng.uniform(0.01, 0.06)),
+        "likesCount": likes,
+        "timestamp": (EPOCH - timedelta(days=index * 3 + rng.random() * 2)).isoformat(),
+        "ownerUsername": username,
+        "ownerId": user_id,
+        "isPinned": index == 0 and rng.random() < 0.3,
+        "productType": "clips" if kind == "Video" else "feed",
+    }
+    if kind == "Video":
+        post["videoViewCount"] = likes * rng.randrange(5, 20)
+    return post

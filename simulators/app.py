@@ -1,0 +1,28 @@
+"""One HTTP server for both simulators: Apify under /v2, OpenAI under /v1."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+from simulators.apify import ApifySimulator
+from simulators.openai import OpenAISimulator
+
+
+def create_app(
+    apify_latency_ms: float | None = None, openai_latency_ms: float | None = None
+) -> FastAPI:
+    if apify_latency_ms is None:
+        apify_latency_ms = float(os.environ.get("SIM_APIFY_LATENCY_MS", "300"))
+    if openai_latency_ms is None:
+        openai_latency_ms = float(os.environ.get("SIM_OPENAI_LATENCY_MS", "500"))
+    app = FastAPI(title="Oslira provider simulators", docs_url=None, redoc_url=None)
+    app.include_router(ApifySimulator(apify_latency_ms).router)
+    app.include_router(OpenAISimulator(openai_latency_ms).router)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

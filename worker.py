@@ -1,0 +1,116 @@
+"""The worker process: builds the activities' dependencies and polls Temporal.
+
+Run it with `oslira worker`. More throughput means more of these processes, on any machine
+that reaches the database and the Temporal server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+
+import httpx
+import openai
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ai import AIActivities
+from activities.cache import CacheActivities
+from activities.credits import CreditActivities
+from activities.results import ResultActivities
+from activities.scrape import ScrapeActivities
+from core import temporal
+from core.settings import Settings
+from db.pool import create_pool
+from providers.ai import OpenAIAnalyzer
+from providers.apify import ApifyScraper
+from providers.cache import PostgresProfileCache
+from workflows.analysis import AnalysisWorkflow
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
+    """Workers for the analysis queue (and the scrape queue when it is a separate one)."""
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            settings.worker_dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        stack.push_async_callback(pool.close)
+        apify_http = httpx.AsyncClient(
+            base_url=settings.apify_base_url,
+            timeout=httpx.Timeout(settings.apify_timeout_seconds, connect=10),
+        )
+        stack.push_async_callback(apify_http.aclose)
+        if settings.apify_token is None:
+            raise RuntimeError("APIFY_TOKEN is not set (and no simulator was configured)")
+        scraper = ApifyScraper(
+            apify_http, token=settings.apify_token.get_secret_value(), actor=settings.apify_actor
+        )
+        if settings.openai_api_key is None:
+            raise RuntimeError("OPENAI_API_KEY is not set (and no simulator was configured)")
+        ai_client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key.get_secret_value(),
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout_seconds,
+            max_retries=0,  # retries belong to the workflow's AI retry policy
+        )
+        stack.push_async_callback(ai_client.close)
+
+        credit = CreditActivities(pool)
+        cache = CacheActivities(PostgresProfileCache(pool), pool, settings)
+        scrape = ScrapeActivities(scraper, pool, settings)
+        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), pool, settings)
+        results = ResultActivities(pool)
+
+        activities = [
+            credit.deduct_credits,
+            credit.finish_unsuccessful,
+            cache.check_cache,
+            cache.store_in_cache,
+            ai.analyze_profile,
+            results.save_result,
+        ]
+        separate_scrape_queue = settings.scrape_queue != settings.task_queue
+        if not separate_scrape_queue:
+            activities.append(scrape.scrape_profile)
+        workers = [
+            Worker(
+                client,
+                task_queue=settings.task_queue,
+                workflows=[AnalysisWorkflow],
+                activities=activities,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            )
+        ]
+        if separate_scrape_queue:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=settings.scrape_queue,
+                    activities=[scrape.scrape_profile],
+                    graceful_shutdown_timeout=timedelta(seconds=10),
+                )
+            )
+        yield workers
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    client = await temporal.connect(settings)
+    async with build_workers(settings, client) as workers:
+        log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
+        runs = [asyncio.create_task(w.run()) for w in workers]
+        stopped = asyncio.create_task((stop or asyncio.Event()).wait())
+        try:
+            # Ends on a stop request, or as soon as a worker fails (the error propagates).
+            done, _ = await asyncio.wait([stopped, *runs], return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopped}:
+                task.result()
+        finally:
+            stopped.cancel()
+            await asyncio.gather(*(w.shutdown() for w in workers if w.is_running))
+            await asyncio.gather(*runs, return_exceptions=True)
