@@ -95,10 +95,12 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": descriptions[c]} for c in codes}
 
 
-def _envelope(request: Request, status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+def _envelope(
+    request: Request, http_status: int, code: str, message: str, /, **extra: Any
+) -> JSONResponse:
     body = {"code": code, "message": message, "request_id": request_id(request)}
     body.update(jsonable_encoder(extra))
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse({"error": body}, status_code=http_status)
 
 
 def request_id(request: Request) -> str:

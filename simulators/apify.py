@@ -51,6 +51,7 @@ class ApifySimulator:
     def __init__(self, latency_ms: float = 300.0) -> None:
         self.latency_ms = latency_ms
         self._failures: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
         self.router = APIRouter()
         self.router.add_api_route(
             "/v2/acts/{actor}/run-sync-get-dataset-items",
@@ -58,6 +59,11 @@ class ApifySimulator:
             methods=["POST"],
             status_code=201,
         )
+        self.router.add_api_route("/_simulator/apify/calls/{username}", self.call_count)
+
+    async def call_count(self, username: str) -> dict[str, int]:
+        """How many times the actor was asked for `username` (for demos and tests)."""
+        return {"calls": self.calls[username]}
 
     async def run_sync_get_dataset_items(
         self, actor: str, request: Request, token: str = Query("")
@@ -70,6 +76,7 @@ class ApifySimulator:
         usernames = [str(u).lstrip("@").lower() for u in body.get("usernames", [])]
         if not usernames:
             raise HTTPException(400, "input.usernames is required")
+        self.calls.update(usernames)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
         for username in usernames:

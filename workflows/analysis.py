@@ -29,6 +29,7 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
+    FailureError,
     is_cancelled_exception,
 )
 
@@ -135,7 +136,9 @@ class AnalysisWorkflow:
     async def run(self, input: AnalysisInput) -> AnalysisOutcome:
         try:
             return await self._analyse(input)
-        except (asyncio.CancelledError, CancelledError, ActivityError) as exc:
+        except (asyncio.CancelledError, FailureError) as exc:
+            # A failed regular activity arrives as ActivityError; a failed local activity
+            # may arrive as its ApplicationError itself.
             if is_cancelled_exception(exc):
                 # Cancelled through Temporal (the API or an operator): refund, then end the
                 # workflow as cancelled, unless the commit had already landed.
@@ -143,7 +146,7 @@ class AnalysisWorkflow:
                 if self._status is RunStatus.complete:
                     return self._outcome()
                 raise
-            assert isinstance(exc, ActivityError)
+            assert isinstance(exc, FailureError)
             code, message = _describe(exc)
             # run_cancelled here means a step saw the cancel flag on the run's row before
             # the Temporal cancel request arrived.
@@ -222,8 +225,10 @@ class AnalysisWorkflow:
                 CacheLookupInput(run_id=input.run_id, username=input.username, tier=input.tier),
                 CACHE_RETRY,
             )
-        except ActivityError as exc:
-            workflow.logger.warning("cache check failed, scraping instead: %s", exc.cause)
+        except FailureError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("cache check failed, scraping instead: %s", exc)
             self._steps[Step.check_cache].status = "failed"
             return None
         return found.profile
@@ -237,8 +242,10 @@ class AnalysisWorkflow:
                 CacheStoreInput(run_id=self._input.run_id, profile=profile),
                 CACHE_RETRY,
             )
-        except ActivityError as exc:
-            workflow.logger.warning("cache store failed: %s", exc.cause)
+        except FailureError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("cache store failed: %s", exc)
             self._steps[Step.store_in_cache].status = "failed"
 
     async def _analyse_with_ai(
@@ -430,8 +437,8 @@ async def _shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
             cancel_requested = True
 
 
-def _describe(exc: ActivityError) -> tuple[ErrorCode, str]:
-    cause = exc.cause
+def _describe(exc: FailureError) -> tuple[ErrorCode, str]:
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
     if isinstance(cause, ApplicationError):
         return code_for_type(cause.type), cause.message
     if isinstance(cause, CancelledError):

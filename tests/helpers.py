@@ -1,0 +1,87 @@
+"""Small helpers the tests share: start a run, wait for it, read its ledger rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+
+from tests.conftest import Account
+
+TERMINAL = {"complete", "failed", "cancelled"}
+
+
+async def start(
+    api: httpx.AsyncClient,
+    account: Account,
+    username: str,
+    tier: str = "light",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return await api.post(
+        "/api/leads/analyze",
+        json={
+            "username": username,
+            "analysis_type": tier,
+            "business_profile_id": str(account.business_profile_id),
+        },
+        headers=account.headers | (headers or {}),
+    )
+
+
+async def start_ok(api: httpx.AsyncClient, account: Account, username: str, tier: str = "light") -> str:
+    response = await start(api, account, username, tier)
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+async def wait_for(
+    api: httpx.AsyncClient,
+    account: Account,
+    run_id: str,
+    statuses: set[str] = TERMINAL,
+    timeout: float = 30.0,
+    predicate: Any = None,
+) -> dict[str, Any]:
+    """Polls the progress endpoint until the run reaches one of `statuses`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await api.get(f"/api/analysis/{run_id}/progress", headers=account.headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["status"] in statuses and (predicate is None or predicate(body)):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still {body['status']} after {timeout} s: {body}")
+        await asyncio.sleep(0.05)
+
+
+def step(progress: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(s for s in progress["steps"] if s["name"] == name)
+    return found
+
+
+async def ledger_for_run(pool: asyncpg.Pool, run_id: str | UUID) -> list[tuple[str, int]]:
+    rows = await pool.fetch(
+        "SELECT kind, delta FROM credit_ledger WHERE run_id = $1 ORDER BY id", UUID(str(run_id))
+    )
+    return [(r["kind"], r["delta"]) for r in rows]
+
+
+async def balance(api: httpx.AsyncClient, account: Account) -> int:
+    response = await api.get("/api/credits/balance", headers=account.headers)
+    assert response.status_code == 200, response.text
+    value: int = response.json()["balance"]
+    return value
+
+
+async def apify_calls(simulator_url: str, username: str) -> int:
+    async with httpx.AsyncClient(base_url=simulator_url) as client:
+        response = await client.get(f"/_simulator/apify/calls/{username}")
+    calls: int = response.json()["calls"]
+    return calls
