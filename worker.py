@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import openai
@@ -67,7 +68,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), pool, settings)
         results = ResultActivities(pool)
 
-        activities = [
+        activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
             credit.finish_unsuccessful,
             cache.check_cache,

@@ -22,6 +22,7 @@ from temporalio.client import Client
 from api.errors import BadRequest, Forbidden, Unauthorized
 from core.settings import Settings
 from db import accounts
+from db.pool import Connection
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT (HS256) whose `sub` is the user id")
 
@@ -71,17 +72,17 @@ class TenantScope:
     user_id: UUID
     account_id: UUID
     role: str
-    conn: asyncpg.Connection
+    conn: Connection
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """Commits on success, rolls back on error; RLS sees only this account."""
         async with self.conn.transaction():
             await _set_tenant(self.conn, self.user_id, self.account_id)
             yield self.conn
 
 
-async def _set_tenant(conn: asyncpg.Connection, user_id: UUID, account_id: UUID | None) -> None:
+async def _set_tenant(conn: Connection, user_id: UUID, account_id: UUID | None) -> None:
     await conn.execute(
         "SELECT set_config('app.user_id', $1, true), set_config('app.account_id', $2, true)",
         str(user_id),

@@ -98,7 +98,7 @@ def run_dev() -> int:
         asyncio.run(set_role_passwords(full))
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        demo = asyncio.run(_demo_account(full, home / "demo.json"))
+        demo = _demo_account(full, home / "demo.json")
 
         children.append(
             ("worker", stack.spawn(stack.oslira_command("worker"), env, home / "worker.log"))
@@ -157,26 +157,29 @@ def _write_stack_env(home: Path, env: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def _demo_account(settings: Settings, record: Path) -> dict[str, str]:
+def _demo_account(settings: Settings, record: Path) -> dict[str, str]:
     """The demo account: created once, kept across restarts with the rest of the data."""
+    known = json.loads(record.read_text()) if record.exists() else None
+    demo = asyncio.run(_ensure_demo_account(settings, known))
+    record.write_text(json.dumps(demo))
+    return demo
+
+
+async def _ensure_demo_account(settings: Settings, known: dict[str, str] | None) -> dict[str, str]:
     conn = await asyncpg.connect(settings.worker_dsn)
     try:
-        if record.exists():
-            demo: dict[str, str] = json.loads(record.read_text())
-            if await conn.fetchval(
-                "SELECT 1 FROM accounts WHERE id = $1::uuid", demo["account_id"]
-            ):
-                return demo
+        if known and await conn.fetchval(
+            "SELECT 1 FROM accounts WHERE id = $1::uuid", known["account_id"]
+        ):
+            return known
         created = await create_account(conn, name="Demo", credits_granted=DEMO_CREDITS)
     finally:
         await conn.close()
-    demo = {
+    return {
         "account_id": str(created.account_id),
         "user_id": str(created.user_id),
         "business_profile_id": str(created.business_profile_id),
     }
-    record.write_text(json.dumps(demo))
-    return demo
 
 
 def _banner(settings: Settings, dev: Settings, demo: dict[str, str], home: Path) -> None:

@@ -226,7 +226,7 @@ class SaveResultOutput(BaseModel):
 
 class FinishInput(BaseModel):
     run_id: UUID
-    status: Literal[RunStatus.failed, RunStatus.cancelled]
+    status: RunStatus  # failed or cancelled
     error: RunError
     steps: list[StepRecord]
 

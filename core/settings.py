@@ -183,4 +183,4 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, completed by the running dev stack's addresses."""
     home = Path(os.environ.get("OSLIRA_HOME", ".oslira"))
     env_file = stack_env_path(home)
-    return Settings(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[arg-type, call-arg]

@@ -6,15 +6,17 @@ from uuid import UUID
 
 import asyncpg
 
+from db.pool import Connection
 
-async def create_account(conn: asyncpg.Connection, name: str) -> UUID:
+
+async def create_account(conn: Connection, name: str) -> UUID:
     account_id: UUID = await conn.fetchval(
         "INSERT INTO accounts (name) VALUES ($1) RETURNING id", name
     )
     return account_id
 
 
-async def ensure_user(conn: asyncpg.Connection, user_id: UUID, email: str | None = None) -> None:
+async def ensure_user(conn: Connection, user_id: UUID, email: str | None = None) -> None:
     await conn.execute(
         "INSERT INTO users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         user_id,
@@ -23,7 +25,7 @@ async def ensure_user(conn: asyncpg.Connection, user_id: UUID, email: str | None
 
 
 async def add_member(
-    conn: asyncpg.Connection, account_id: UUID, user_id: UUID, role: str = "owner"
+    conn: Connection, account_id: UUID, user_id: UUID, role: str = "owner"
 ) -> None:
     await conn.execute(
         """INSERT INTO account_members (account_id, user_id, role) VALUES ($1, $2, $3)
@@ -34,7 +36,7 @@ async def add_member(
     )
 
 
-async def memberships(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def memberships(conn: Connection) -> list[asyncpg.Record]:
     """The signed-in user's accounts (row level security filters by app.user_id)."""
     return await conn.fetch(
         """SELECT m.account_id, m.role FROM account_members m

@@ -9,6 +9,7 @@ import asyncpg
 
 from core.models import StepRecord
 from core.tiers import RunStatus, Step
+from db.pool import Connection
 
 IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
 
@@ -31,7 +32,7 @@ def steps_from_json(value: dict[str, Any] | None) -> list[StepRecord]:
 
 
 async def insert_pending(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     run_id: UUID,
     account_id: UUID,
@@ -67,12 +68,12 @@ async def insert_pending(
     )
 
 
-async def get(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+async def get(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM analyses WHERE id = $1", run_id)
 
 
 async def find_in_flight(
-    conn: asyncpg.Connection, account_id: UUID, business_profile_id: UUID, username: str
+    conn: Connection, account_id: UUID, business_profile_id: UUID, username: str
 ) -> UUID | None:
     return await conn.fetchval(
         f"""SELECT id FROM analyses
@@ -85,7 +86,7 @@ async def find_in_flight(
 
 
 async def find_by_idempotency_key(
-    conn: asyncpg.Connection, account_id: UUID, key: str
+    conn: Connection, account_id: UUID, key: str
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {_RUN_COLUMNS} FROM analyses WHERE account_id = $1 AND idempotency_key = $2",
@@ -94,7 +95,7 @@ async def find_by_idempotency_key(
     )
 
 
-async def request_cancel(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+async def request_cancel(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
     """Flags an in-flight run as cancelled by its owner; the commit step honours the flag.
 
     Returns the row as it is after the update, or None when the run does not exist. The
@@ -111,7 +112,7 @@ async def request_cancel(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Reco
     return row if row is not None else await get(conn, run_id)
 
 
-async def mark_not_started(conn: asyncpg.Connection, run_id: UUID, code: str, message: str) -> None:
+async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: str) -> None:
     """The workflow could not be started: the run fails before anything was charged."""
     await conn.execute(
         f"""UPDATE analyses SET status = 'failed', error_code = $2, error_message = $3,
@@ -126,14 +127,14 @@ async def mark_not_started(conn: asyncpg.Connection, run_id: UUID, code: str, me
 # --- worker side (system role) --------------------------------------------------------
 
 
-async def lock(conn: asyncpg.Connection, run_id: UUID) -> asyncpg.Record | None:
+async def lock(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {_RUN_COLUMNS} FROM analyses WHERE id = $1 FOR UPDATE", run_id
     )
 
 
 async def record_step(
-    conn: asyncpg.Connection,
+    conn: Connection,
     run_id: UUID,
     step: StepRecord,
     *,
@@ -162,7 +163,7 @@ async def record_step(
 
 
 async def complete(
-    conn: asyncpg.Connection,
+    conn: Connection,
     run_id: UUID,
     *,
     lead_id: UUID,
@@ -187,7 +188,7 @@ async def complete(
 
 
 async def finish_unsuccessful(
-    conn: asyncpg.Connection,
+    conn: Connection,
     run_id: UUID,
     *,
     status: RunStatus,

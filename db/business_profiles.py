@@ -6,11 +6,13 @@ from uuid import UUID
 
 import asyncpg
 
+from db.pool import Connection
+
 _COLUMNS = "id, account_id, name, description, offering, target_audience, created_at, updated_at"
 
 
 async def create(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: UUID,
     name: str,
@@ -32,16 +34,14 @@ async def create(
     return row
 
 
-async def get_live(conn: asyncpg.Connection, profile_id: UUID) -> asyncpg.Record | None:
+async def get_live(conn: Connection, profile_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM business_profiles WHERE id = $1 AND deleted_at IS NULL",
         profile_id,
     )
 
 
-async def page(
-    conn: asyncpg.Connection, *, limit: int, offset: int
-) -> tuple[int, list[asyncpg.Record]]:
+async def page(conn: Connection, *, limit: int, offset: int) -> tuple[int, list[asyncpg.Record]]:
     total = await conn.fetchval("SELECT count(*) FROM business_profiles WHERE deleted_at IS NULL")
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM business_profiles WHERE deleted_at IS NULL

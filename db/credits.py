@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+from db.pool import Connection
 
 
 class InsufficientCreditsError(Exception):
@@ -37,7 +37,7 @@ def refund_key(run_id: UUID) -> str:
     return f"refund:{run_id}"
 
 
-async def _lock_balance(conn: asyncpg.Connection, account_id: UUID) -> int:
+async def _lock_balance(conn: Connection, account_id: UUID) -> int:
     balance = await conn.fetchval(
         "SELECT balance FROM credit_balances WHERE account_id = $1 FOR UPDATE", account_id
     )
@@ -46,7 +46,7 @@ async def _lock_balance(conn: asyncpg.Connection, account_id: UUID) -> int:
     return int(balance)
 
 
-async def _existing(conn: asyncpg.Connection, key: str) -> Movement | None:
+async def _existing(conn: Connection, key: str) -> Movement | None:
     row = await conn.fetchrow(
         "SELECT delta, balance_after FROM credit_ledger WHERE idempotency_key = $1", key
     )
@@ -56,7 +56,7 @@ async def _existing(conn: asyncpg.Connection, key: str) -> Movement | None:
 
 
 async def _move(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: UUID,
     delta: int,
@@ -95,14 +95,14 @@ async def _move(
     return Movement(delta=delta, balance_after=int(balance), new=True)
 
 
-async def open_balance(conn: asyncpg.Connection, account_id: UUID) -> None:
+async def open_balance(conn: Connection, account_id: UUID) -> None:
     await conn.execute(
         "INSERT INTO credit_balances (account_id) VALUES ($1) ON CONFLICT DO NOTHING", account_id
     )
 
 
 async def grant(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: UUID,
     amount: int,
@@ -128,9 +128,7 @@ async def grant(
     )
 
 
-async def charge_run(
-    conn: asyncpg.Connection, *, account_id: UUID, run_id: UUID, cost: int
-) -> Movement:
+async def charge_run(conn: Connection, *, account_id: UUID, run_id: UUID, cost: int) -> Movement:
     """Takes a run's cost once; a repeat for the same run changes nothing."""
     await _lock_balance(conn, account_id)
     if (done := await _existing(conn, charge_key(run_id))) is not None:
@@ -146,9 +144,7 @@ async def charge_run(
     )
 
 
-async def refund_run(
-    conn: asyncpg.Connection, *, account_id: UUID, run_id: UUID
-) -> Movement | None:
+async def refund_run(conn: Connection, *, account_id: UUID, run_id: UUID) -> Movement | None:
     """Gives back what the run was charged, once; None when it was never charged."""
     await _lock_balance(conn, account_id)
     charge = await _existing(conn, charge_key(run_id))
@@ -167,7 +163,7 @@ async def refund_run(
     )
 
 
-async def balance(conn: asyncpg.Connection, account_id: UUID) -> int:
+async def balance(conn: Connection, account_id: UUID) -> int:
     value = await conn.fetchval(
         "SELECT balance FROM credit_balances WHERE account_id = $1", account_id
     )
@@ -175,7 +171,7 @@ async def balance(conn: asyncpg.Connection, account_id: UUID) -> int:
 
 
 async def transactions_page(
-    conn: asyncpg.Connection, account_id: UUID, *, limit: int, offset: int
+    conn: Connection, account_id: UUID, *, limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
     total = await conn.fetchval(
         "SELECT count(*) FROM credit_ledger WHERE account_id = $1", account_id
@@ -191,9 +187,7 @@ async def transactions_page(
     return int(total), [dict(r) for r in rows]
 
 
-async def invariant_violations(
-    conn: asyncpg.Connection, account_id: UUID | None = None
-) -> list[str]:
+async def invariant_violations(conn: Connection, account_id: UUID | None = None) -> list[str]:
     """Section 4's invariants; an empty list means the ledger is sound."""
     checks = {
         "balance differs from the sum of the ledger": """

@@ -7,10 +7,11 @@ from uuid import UUID
 import asyncpg
 
 from core.models import Profile
+from db.pool import Connection
 
 
 async def upsert(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: UUID,
     business_profile_id: UUID,
@@ -58,5 +59,5 @@ async def upsert(
     return lead_id
 
 
-async def get(conn: asyncpg.Connection, lead_id: UUID) -> asyncpg.Record | None:
+async def get(conn: Connection, lead_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM leads WHERE id = $1", lead_id)

@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
+from db.pool import Connection
 
 
-async def get(conn: asyncpg.Connection, key: str) -> tuple[dict[str, Any], datetime] | None:
+async def get(conn: Connection, key: str) -> tuple[dict[str, Any], datetime] | None:
     row = await conn.fetchrow("SELECT profile, stored_at FROM profile_cache WHERE key = $1", key)
     return None if row is None else (row["profile"], row["stored_at"])
 
 
-async def put(conn: asyncpg.Connection, key: str, profile: dict[str, Any], size: int) -> None:
+async def put(conn: Connection, key: str, profile: dict[str, Any], size: int) -> None:
     await conn.execute(
         """INSERT INTO profile_cache (key, profile, size_bytes) VALUES ($1, $2, $3)
            ON CONFLICT (key) DO UPDATE SET profile = excluded.profile,

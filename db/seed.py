@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-import asyncpg
-
 from db import accounts, business_profiles, credits
+from db.pool import Connection
 
 DEMO_BUSINESS = {
     "description": "A boutique fitness studio that partners with creators.",
@@ -24,7 +23,7 @@ class NewAccount:
 
 
 async def create_account(
-    conn: asyncpg.Connection, *, name: str, credits_granted: int, email: str | None = None
+    conn: Connection, *, name: str, credits_granted: int, email: str | None = None
 ) -> NewAccount:
     """An account, its owner, a business profile and an opening grant, in one transaction."""
     async with conn.transaction():

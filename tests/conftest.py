@@ -28,6 +28,8 @@ from db import credits
 from db.migrate import migrate
 from db.seed import create_account
 
+JWT_SECRET = secrets.token_urlsafe(32)
+
 
 @dataclass
 class Servers:
@@ -81,7 +83,7 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "apify_token": "test-token",
         "openai_base_url": f"{servers.simulator_url}/v1",
         "openai_api_key": "test-key",
-        "jwt_secret": secrets.token_urlsafe(32),
+        "jwt_secret": JWT_SECRET,
         "db_pool_max": 30,
     }
     values.update(overrides)
@@ -124,7 +126,7 @@ async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-class app_client:  # noqa: N801 - reads as a function at call sites
+class app_client:
     """An httpx client for an app instance, with its lifespan running."""
 
     def __init__(self, settings: Settings) -> None:
@@ -177,5 +179,7 @@ async def new_account(
     yield make
 
     async with system_pool.acquire() as conn:
-        violations = [v for a in made for v in await credits.invariant_violations(conn, a.account_id)]
+        violations = [
+            v for a in made for v in await credits.invariant_violations(conn, a.account_id)
+        ]
     assert violations == []

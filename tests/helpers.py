@@ -33,7 +33,9 @@ async def start(
     )
 
 
-async def start_ok(api: httpx.AsyncClient, account: Account, username: str, tier: str = "light") -> str:
+async def start_ok(
+    api: httpx.AsyncClient, account: Account, username: str, tier: str = "light"
+) -> str:
     response = await start(api, account, username, tier)
     assert response.status_code == 202, response.text
     run_id: str = response.json()["run_id"]

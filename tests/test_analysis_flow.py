@@ -10,11 +10,28 @@ from tests.helpers import apify_calls, balance, ledger_for_run, start_ok, step, 
 
 TIER_FIELDS = {
     "light": {"score", "summary", "niche", "red_flags"},
-    "deep": {"score", "summary", "niche", "red_flags", "engagement_read", "selling_points",
-             "outreach_message"},
-    "xray": {"score", "summary", "niche", "red_flags", "engagement_read", "selling_points",
-             "outreach_message", "motivations", "communication_style", "objections",
-             "buying_triggers"},
+    "deep": {
+        "score",
+        "summary",
+        "niche",
+        "red_flags",
+        "engagement_read",
+        "selling_points",
+        "outreach_message",
+    },
+    "xray": {
+        "score",
+        "summary",
+        "niche",
+        "red_flags",
+        "engagement_read",
+        "selling_points",
+        "outreach_message",
+        "motivations",
+        "communication_style",
+        "objections",
+        "buying_triggers",
+    },
 }
 TIER_COST = {"light": 1, "deep": 3, "xray": 5}
 TIER_MODEL = {"light": "gpt-5-nano", "deep": "gpt-5-mini", "xray": "gpt-5"}
@@ -46,8 +63,16 @@ async def test_each_tier_completes_and_charges_its_cost_once(api, new_account, s
     assert {call["model"] for call in ai_calls} == {TIER_MODEL[tier]}
     assert all(call["input_tokens"] > 0 and call["cost_usd"] > 0 for call in ai_calls)
     timed = {s["name"]: s for s in result["steps"]}
-    for name in ("deduct_credits", "check_cache", "scrape_profile", "store_in_cache",
-                 "analyze_profile", "upsert_lead", "save_analysis", "complete"):
+    for name in (
+        "deduct_credits",
+        "check_cache",
+        "scrape_profile",
+        "store_in_cache",
+        "analyze_profile",
+        "upsert_lead",
+        "save_analysis",
+        "complete",
+    ):
         assert timed[name]["status"] == "done", (name, timed[name])
         assert timed[name]["finished_at"] >= timed[name]["started_at"]
 
@@ -95,13 +120,20 @@ async def test_stale_cache_is_not_used_for_a_fresher_tier(api, new_account, serv
         f"instagram:{username}:v1",
     )
     light = await start_ok(api, account, username, "light")
-    assert step(await wait_for(api, account, light, {"complete"}), "scrape_profile")["status"] == "skipped"
+    assert (
+        step(await wait_for(api, account, light, {"complete"}), "scrape_profile")["status"]
+        == "skipped"
+    )
     xray = await start_ok(api, account, username, "xray")
-    assert step(await wait_for(api, account, xray, {"complete"}), "scrape_profile")["status"] == "done"
+    assert (
+        step(await wait_for(api, account, xray, {"complete"}), "scrape_profile")["status"] == "done"
+    )
     assert await apify_calls(servers.simulator_url, username) == 2
 
 
-async def test_transient_scrape_failure_is_retried_to_success(api, new_account, servers, system_pool):
+async def test_transient_scrape_failure_is_retried_to_success(
+    api, new_account, servers, system_pool
+):
     account = await new_account(credits_granted=5)
     username = f"flaky_{uuid4().hex[:8]}"
     run_id = await start_ok(api, account, username, "light")

@@ -43,7 +43,9 @@ async def test_cancel_mid_scrape_refunds_exactly_once_even_when_sent_twice(
     assert description.status == WorkflowExecutionStatus.CANCELED
 
 
-async def test_operator_cancel_from_temporal_also_refunds(api, new_account, system_pool, temporal_client):
+async def test_operator_cancel_from_temporal_also_refunds(
+    api, new_account, system_pool, temporal_client
+):
     account = await new_account(credits_granted=3)
     run_id = await start_ok(api, account, f"slow_{uuid4().hex[:8]}", "deep")
     await wait_for(api, account, run_id, {"processing"}, predicate=_scraping)
@@ -54,7 +56,9 @@ async def test_operator_cancel_from_temporal_also_refunds(api, new_account, syst
     assert await ledger_for_run(system_pool, run_id) == [("charge", -3), ("refund", 3)]
 
 
-async def test_cancel_after_completion_answers_409_and_keeps_the_charge(api, new_account, system_pool):
+async def test_cancel_after_completion_answers_409_and_keeps_the_charge(
+    api, new_account, system_pool
+):
     account = await new_account(credits_granted=2)
     run_id = await start_ok(api, account, f"done_{uuid4().hex[:8]}")
     await wait_for(api, account, run_id, {"complete"})
@@ -64,7 +68,9 @@ async def test_cancel_after_completion_answers_409_and_keeps_the_charge(api, new
     assert response.json()["error"]["code"] == "run_finished"
     assert response.json()["error"]["status"] == "complete"
     assert await ledger_for_run(system_pool, run_id) == [("charge", -1)]
-    assert (await api.get(f"/api/analysis/{run_id}/result", headers=account.headers)).status_code == 200
+    assert (
+        await api.get(f"/api/analysis/{run_id}/result", headers=account.headers)
+    ).status_code == 200
 
 
 async def test_cancel_of_a_failed_run_answers_409(api, new_account):
@@ -76,9 +82,7 @@ async def test_cancel_of_a_failed_run_answers_409(api, new_account):
     assert response.json()["error"]["status"] == "failed"
 
 
-async def test_cancel_flag_seen_at_the_commit_point_cancels_the_run(
-    api, new_account, system_pool
-):
+async def test_cancel_flag_seen_at_the_commit_point_cancels_the_run(api, new_account, system_pool):
     """The API flags the row before it tells Temporal; if the workflow reaches the commit
     step first, the commit refuses and the run is refunded as cancelled."""
     account = await new_account(credits_granted=1)

@@ -10,8 +10,8 @@ from temporalio.client import WorkflowExecutionStatus
 from core.models import AnalysisInput
 from core.temporal import workflow_id
 from core.tiers import Tier
-from workflows.analysis import AnalysisWorkflow
 from tests.helpers import apify_calls, balance, ledger_for_run, start_ok, step, wait_for
+from workflows.analysis import AnalysisWorkflow
 
 
 @pytest.mark.parametrize(
@@ -47,13 +47,22 @@ async def _start_directly(system_pool, temporal_client, settings, account, usern
     await system_pool.execute(
         """INSERT INTO analyses (id, account_id, business_profile_id, username, analysis_type,
                credits_cost) VALUES ($1, $2, $3, $4, 'light', $5)""",
-        run_id, account.account_id, account.business_profile_id, username, cost,
+        run_id,
+        account.account_id,
+        account.business_profile_id,
+        username,
+        cost,
     )
     await temporal_client.start_workflow(
         AnalysisWorkflow.run,
-        AnalysisInput(run_id=run_id, account_id=account.account_id,
-                      business_profile_id=account.business_profile_id, username=username,
-                      tier=Tier.light, credits_cost=cost),
+        AnalysisInput(
+            run_id=run_id,
+            account_id=account.account_id,
+            business_profile_id=account.business_profile_id,
+            username=username,
+            tier=Tier.light,
+            credits_cost=cost,
+        ),
         id=workflow_id(run_id),
         task_queue=settings.task_queue,
     )

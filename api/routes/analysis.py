@@ -30,6 +30,7 @@ from core.models import AnalysisInput, Progress, RunError, StepRecord
 from core.temporal import workflow_id
 from core.tiers import API_STEPS, RunStatus, Step
 from db import analyses, business_profiles, credits, leads
+from db.pool import Connection
 from workflows.analysis import ACCOUNT_ID, ANALYSIS_TYPE, RUN_STATUS, USERNAME, AnalysisWorkflow
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ async def analyze(
 
 
 async def _replay(
-    conn: asyncpg.Connection, account_id: UUID, key: str, request_hash: str
+    conn: Connection, account_id: UUID, key: str, request_hash: str
 ) -> RunAccepted | None:
     row = await analyses.find_by_idempotency_key(conn, account_id, key)
     if row is None:

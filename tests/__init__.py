@@ -1,0 +1,1 @@
+"""The test suite: real PostgreSQL, a real Temporal dev server, real provider SDKs."""

@@ -1,0 +1,99 @@
+"""Duplicates, idempotency keys and concurrent requests: one run, one charge."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+from tests.helpers import balance, ledger_for_run, start, start_ok, wait_for
+
+
+async def test_duplicate_in_flight_request_answers_409_with_the_existing_run(api, new_account):
+    account = await new_account()
+    username = f"slow_{uuid4().hex[:8]}"
+    first = await start_ok(api, account, username, "light")
+
+    second = await start(api, account, f"@{username.upper()}", "deep")
+    assert second.status_code == 409, second.text
+    assert second.json()["error"]["code"] == "analysis_in_progress"
+    assert second.json()["error"]["run_id"] == first
+
+    await api.post(f"/api/analysis/{first}/cancel", headers=account.headers)
+    await wait_for(api, account, first)
+    # Once the first is over, the same username may be analysed again.
+    third = await start(api, account, username, "light")
+    assert third.status_code == 202, third.text
+    await api.post(f"/api/analysis/{third.json()['run_id']}/cancel", headers=account.headers)
+    await wait_for(api, account, third.json()["run_id"])
+
+
+async def test_concurrent_identical_requests_make_one_run_and_one_charge(
+    api, new_account, system_pool
+):
+    account = await new_account(credits_granted=10)
+    username = f"race_{uuid4().hex[:8]}"
+    responses = await asyncio.gather(*(start(api, account, username, "light") for _ in range(12)))
+
+    accepted = [r for r in responses if r.status_code == 202]
+    conflicts = [r for r in responses if r.status_code == 409]
+    assert len(accepted) == 1, [r.text for r in responses]
+    assert len(conflicts) == 11
+    run_id = accepted[0].json()["run_id"]
+    assert {r.json()["error"]["run_id"] for r in conflicts} == {run_id}
+
+    await wait_for(api, account, run_id, {"complete"})
+    assert await ledger_for_run(system_pool, run_id) == [("charge", -1)]
+    assert await balance(api, account) == 9
+
+
+async def test_fifty_concurrent_analyses_on_twenty_credits_charge_exactly_twenty(
+    api, new_account, system_pool
+):
+    account = await new_account(credits_granted=20)
+    responses = await asyncio.gather(
+        *(start(api, account, f"many_{i}_{uuid4().hex[:6]}", "light") for i in range(50))
+    )
+    assert {r.status_code for r in responses} <= {202, 402}, [r.text for r in responses]
+    runs = [r.json()["run_id"] for r in responses if r.status_code == 202]
+    refused_at_api = [r for r in responses if r.status_code == 402]
+    assert all(r.json()["error"]["code"] == "insufficient_credits" for r in refused_at_api)
+
+    finals = await asyncio.gather(*(wait_for(api, account, run, timeout=90) for run in runs))
+    complete = [f for f in finals if f["status"] == "complete"]
+    failed = [f for f in finals if f["status"] == "failed"]
+    assert len(complete) == 20
+    assert len(failed) == len(runs) - 20
+    assert {f["error"]["code"] for f in failed} <= {"insufficient_credits"}
+    for f in failed:  # refused at the charge: never charged, so nothing to refund
+        assert await ledger_for_run(system_pool, f["run_id"]) == []
+    charges = await system_pool.fetchval(
+        "SELECT count(*) FROM credit_ledger WHERE account_id = $1 AND kind = 'charge'",
+        account.account_id,
+    )
+    assert charges == 20
+    assert await balance(api, account) == 0
+
+
+async def test_idempotency_key_returns_the_same_run(api, new_account, system_pool):
+    account = await new_account(credits_granted=5)
+    key = {"Idempotency-Key": uuid4().hex}
+    username = f"idem_{uuid4().hex[:8]}"
+    first, again = await asyncio.gather(
+        start(api, account, username, "light", headers=key),
+        start(api, account, username, "light", headers=key),
+    )
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    assert first.json()["run_id"] == again.json()["run_id"]
+    await wait_for(api, account, first.json()["run_id"], {"complete"})
+
+    later = await start(api, account, username, "light", headers=key)
+    assert later.status_code == 202
+    assert later.json()["run_id"] == first.json()["run_id"]
+    assert later.json()["status"] == "complete"
+    assert await ledger_for_run(system_pool, first.json()["run_id"]) == [("charge", -1)]
+
+    reused = await start(api, account, f"other_{uuid4().hex[:6]}", "light", headers=key)
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert reused.json()["error"]["field"] == "Idempotency-Key"
+    assert await balance(api, account) == 4
