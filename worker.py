@@ -63,8 +63,9 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         stack.push_async_callback(ai_client.close)
 
         credit = CreditActivities(pool)
-        cache = CacheActivities(PostgresProfileCache(pool), pool, settings)
-        scrape = ScrapeActivities(scraper, pool, settings)
+        profile_cache = PostgresProfileCache(pool)
+        cache = CacheActivities(profile_cache, pool, settings)
+        scrape = ScrapeActivities(scraper, profile_cache, pool, settings)
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), pool, settings)
         results = ResultActivities(pool)
 
@@ -72,7 +73,6 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             credit.deduct_credits,
             credit.finish_unsuccessful,
             cache.check_cache,
-            cache.store_in_cache,
             ai.analyze_profile,
             results.save_result,
         ]

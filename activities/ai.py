@@ -6,12 +6,11 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import done_since, heartbeating, now, running
+from activities.common import done_since, now, provider_call
 from core.errors import ErrorCode, business_error
 from core.models import AIInput, AIOutput
 from core.settings import Settings
 from core.tiers import Step
-from db import analyses
 from providers.ai import AIRejectedError, AIUnavailableError, OpenAIAnalyzer
 
 
@@ -23,11 +22,10 @@ class AIActivities:
 
     @activity.defn
     async def analyze_profile(self, input: AIInput) -> AIOutput:
+        """The step's outcome is persisted by the commit step, with the others."""
         started = now()
-        async with self._pool.acquire() as conn:
-            await analyses.record_step(conn, input.run_id, running(Step.analyze_profile, started))
         try:
-            async with heartbeating():
+            async with provider_call(self._pool, input.run_id, Step.analyze_profile, started):
                 parsed, usage = await self._analyzer.analyze(
                     input.part, self._settings.model_for(input.tier), input.business, input.profile
                 )

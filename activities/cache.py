@@ -1,4 +1,4 @@
-"""Step 6 (cache check) and step 8 (store in cache)."""
+"""Step 6: a cached profile fresh enough for the tier (step 8, storing, follows the scrape)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncpg
 from temporalio import activity
 
 from activities.common import done_since, now, record
-from core.models import CacheLookupInput, CacheLookupOutput, CacheStoreInput, CacheStoreOutput
+from core.models import CacheLookupInput, CacheLookupOutput
 from core.settings import Settings
 from core.tiers import Step
 from db import analyses
@@ -34,12 +34,3 @@ class CacheActivities:
         async with self._pool.acquire() as conn:
             await analyses.record_step(conn, input.run_id, record(Step.check_cache, done))
         return CacheLookupOutput(done=done, profile=profile, age_seconds=age)
-
-    @activity.defn
-    async def store_in_cache(self, input: CacheStoreInput) -> CacheStoreOutput:
-        started = now()
-        await self._cache.put(input.profile)
-        done = done_since(started)
-        async with self._pool.acquire() as conn:
-            await analyses.record_step(conn, input.run_id, record(Step.store_in_cache, done))
-        return CacheStoreOutput(done=done)

@@ -6,11 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from uuid import UUID
 
+import asyncpg
 from temporalio import activity
 
 from core.models import StepDone, StepRecord
 from core.tiers import Step
+from db import analyses
+
+RECORD_RUNNING_AFTER = 0.25  # seconds
+HEARTBEAT_EVERY = 1.0  # seconds
 
 
 def now() -> datetime:
@@ -38,20 +44,27 @@ def running(step: Step, started_at: datetime) -> StepRecord:
 
 
 @asynccontextmanager
-async def heartbeating(every_seconds: float = 1.0) -> AsyncIterator[None]:
-    """Heartbeats while a long provider call runs, so a cancel request reaches it.
+async def provider_call(
+    pool: asyncpg.Pool, run_id: UUID, step: Step, started_at: datetime
+) -> AsyncIterator[None]:
+    """Wraps a call to a provider: heartbeats so a cancel request reaches it, and records the
+    step as running for the progress fallback.
 
-    The SDK throttles what it sends to the server; heartbeating often only makes the
-    activity learn of a cancellation as soon as the throttle allows.
+    Both start only once the call has lasted a while, so a fast call costs no database write
+    and no heartbeat round trip. The SDK throttles heartbeats to the server; beating every
+    second only makes a cancellation arrive as soon as the throttle allows.
     """
 
-    async def beat() -> None:
+    async def watch() -> None:
+        await asyncio.sleep(RECORD_RUNNING_AFTER)
+        async with pool.acquire() as conn:
+            await analyses.record_step(conn, run_id, running(step, started_at))
         while True:
             activity.heartbeat()
-            await asyncio.sleep(every_seconds)
+            await asyncio.sleep(HEARTBEAT_EVERY)
 
-    task = asyncio.create_task(beat())
+    watcher = asyncio.create_task(watch())
     try:
         yield
     finally:
-        task.cancel()
+        watcher.cancel()

@@ -1,14 +1,21 @@
-"""Step 7: scrape the public profile with Apify."""
+"""Step 7 (scrape the public profile with Apify) and step 8 (store it in the cache).
+
+Storing is done here, right after the scrape, rather than as an activity of its own: it saves
+a workflow round trip per run, and a cache that cannot be written is not worth failing or
+retrying a scrape for. The step is recorded as failed and the run goes on.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import done_since, heartbeating, now, record, running
+from activities.common import done_since, now, provider_call, record
 from core.errors import ErrorCode, business_error
-from core.models import ScrapeInput, ScrapeOutput
+from core.models import ScrapeInput, ScrapeOutput, StepRecord
 from core.settings import Settings
 from core.tiers import Step
 from db import analyses
@@ -19,21 +26,25 @@ from providers.apify import (
     ScrapeRejectedError,
     ScrapeUnavailableError,
 )
+from providers.cache import ProfileCache
+
+log = logging.getLogger(__name__)
 
 
 class ScrapeActivities:
-    def __init__(self, scraper: ApifyScraper, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self, scraper: ApifyScraper, cache: ProfileCache, pool: asyncpg.Pool, settings: Settings
+    ) -> None:
         self._scraper = scraper
+        self._cache = cache
         self._pool = pool
         self._settings = settings
 
     @activity.defn
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
-        async with self._pool.acquire() as conn:
-            await analyses.record_step(conn, input.run_id, running(Step.scrape_profile, started))
         try:
-            async with heartbeating():
+            async with provider_call(self._pool, input.run_id, Step.scrape_profile, started):
                 profile = await self._scraper.scrape(input.username)
         except ProfileNotFoundError as exc:
             raise business_error(ErrorCode.profile_not_found, str(exc)) from exc
@@ -43,9 +54,27 @@ class ScrapeActivities:
             raise business_error(ErrorCode.scrape_failed, str(exc)) from exc
         except ScrapeUnavailableError as exc:
             raise ApplicationError(str(exc), type="ScrapeFailed") from exc
-        done = done_since(started)
+        scraped = done_since(started)
+
+        try:
+            await self._cache.put(profile)
+            stored: StepRecord = record(Step.store_in_cache, done_since(scraped.finished_at))
+        except Exception:
+            log.warning("could not store @%s in the cache", input.username, exc_info=True)
+            stored = StepRecord(
+                name=Step.store_in_cache,
+                status="failed",
+                started_at=scraped.finished_at,
+                finished_at=now(),
+                attempt=scraped.attempt,
+            )
         async with self._pool.acquire() as conn:
-            await analyses.record_step(conn, input.run_id, record(Step.scrape_profile, done))
+            await analyses.record_step(
+                conn, input.run_id, record(Step.scrape_profile, scraped), stored
+            )
         return ScrapeOutput(
-            done=done, profile=profile, cost_usd=self._settings.apify_usd_per_profile
+            done=scraped,
+            profile=profile,
+            cost_usd=self._settings.apify_usd_per_profile,
+            stored=stored,
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.routes import analysis, business_profiles, credits, health
@@ -27,6 +29,31 @@ Authenticate with `Authorization: Bearer <JWT>` (HS256, audience `authenticated`
 id). Users in several accounts say which with `X-Account-Id`. Errors answer
 `{"error": {"code", "message", "request_id"}}`, plus `field` for invalid input.
 """
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (or keeps the caller's X-Request-Id) and echoes it back.
+
+    Plain ASGI rather than BaseHTTPMiddleware, which costs a task and a copy per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given if given and len(given) <= 128 else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,15 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request.state.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        return response
-
+    app.add_middleware(RequestIdMiddleware)
     for module in (analysis, business_profiles, credits, health):
         app.include_router(module.router)
     return app

@@ -179,15 +179,8 @@ class ScrapeOutput(BaseModel):
     done: StepDone
     profile: Profile
     cost_usd: float
-
-
-class CacheStoreInput(BaseModel):
-    run_id: UUID
-    profile: Profile
-
-
-class CacheStoreOutput(BaseModel):
-    done: StepDone
+    # Step 8, done by the scrape activity right after scraping.
+    stored: StepRecord | None = None
 
 
 AIPart = Literal["fit_light", "fit_deep", "outreach", "psychographics"]

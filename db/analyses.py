@@ -136,28 +136,29 @@ async def lock(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
 async def record_step(
     conn: Connection,
     run_id: UUID,
-    step: StepRecord,
-    *,
+    *steps: StepRecord,
     status: RunStatus | None = None,
 ) -> None:
-    """Persists one step's state for the progress endpoint's fallback.
+    """Persists steps' state for the progress endpoint's fallback.
 
     Progress never goes back and a finished run is never touched, whatever order retried or
     replayed activities write in.
     """
-    progress = step.name.progress_after if step.status in ("done", "skipped") else 0
+    progress = max(
+        (s.name.progress_after for s in steps if s.status in ("done", "skipped")), default=0
+    )
     await conn.execute(
         f"""UPDATE analyses
-            SET steps = steps || jsonb_build_object($2::text, $3::jsonb),
-                progress = GREATEST(progress, $4),
-                current_step = $2,
+            SET steps = steps || $2::jsonb,
+                progress = GREATEST(progress, $3),
+                current_step = $4,
                 status = coalesce($5, status),
                 updated_at = now()
             WHERE id = $1 AND {IN_FLIGHT_SQL}""",
         run_id,
-        step.name.value,
-        step.model_dump(mode="json", exclude={"name"}),
+        steps_json(list(steps)),
         progress,
+        steps[-1].name.value,
         status.value if status else None,
     )
 

@@ -1,12 +1,12 @@
 """AnalysisWorkflow: steps 5-12 of one analysis run (DESIGN.md section 3).
 
 Layout, chosen for latency without losing per-step retries:
-- database steps (5 deduct, 6 cache check, 8 cache store, 10-12 commit) are local
-  activities: they run inside the workflow task, with their own retry policies, and cost
-  no server round trip;
+- database steps (5 deduct, 6 cache check, 10-12 commit) are local activities: they run
+  inside the workflow task, with their own retry policies, and cost no server round trip;
 - provider calls (7 scrape, 9 AI) are regular activities: they heartbeat so a cancel
   reaches them, survive a worker crash without redoing earlier steps, and an operator sees
-  them, with attempts and failures, in the Temporal UI;
+  them, with attempts and failures, in the Temporal UI. The scrape activity also stores
+  the profile in the cache (step 8), best-effort;
 - steps 10, 11 and 12 are one transaction, the commit point: lead, analysis and status
   land together or not at all.
 
@@ -48,7 +48,6 @@ with workflow.unsafe.imports_passed_through():
         AnalysisOutcome,
         BusinessContext,
         CacheLookupInput,
-        CacheStoreInput,
         ChargeInput,
         CostBreakdown,
         FinishInput,
@@ -186,7 +185,9 @@ class AnalysisWorkflow:
             )
             profile = scraped.profile
             cost.apify_usd = scraped.cost_usd
-            await self._store_profile(profile)
+            if scraped.stored is not None:
+                self._steps[Step.store_in_cache] = scraped.stored
+                self._progress = max(self._progress, Step.store_in_cache.progress_after)
 
         analysis = await self._analyse_with_ai(input, charge.business, profile, cost)
 
@@ -232,21 +233,6 @@ class AnalysisWorkflow:
             self._steps[Step.check_cache].status = "failed"
             return None
         return found.profile
-
-    async def _store_profile(self, profile: Profile) -> None:
-        """Step 8. The run goes on when the cache cannot be written; the next run scrapes."""
-        try:
-            await self._local(
-                Step.store_in_cache,
-                CacheActivities.store_in_cache,
-                CacheStoreInput(run_id=self._input.run_id, profile=profile),
-                CACHE_RETRY,
-            )
-        except FailureError as exc:
-            if is_cancelled_exception(exc):
-                raise
-            workflow.logger.warning("cache store failed: %s", exc)
-            self._steps[Step.store_in_cache].status = "failed"
 
     async def _analyse_with_ai(
         self,
