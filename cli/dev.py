@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import json
 import logging
+import os
 import secrets
 import signal
 import subprocess
@@ -100,9 +101,12 @@ def run_dev() -> int:
             log.info("applied migrations: %s", ", ".join(applied))
         demo = _demo_account(full, home / "demo.json")
 
-        children.append(
-            ("worker", stack.spawn(stack.oslira_command("worker"), env, home / "worker.log"))
-        )
+        workers = settings.worker_processes or os.cpu_count() or 1
+        for n in range(1, workers + 1):
+            name = "worker" if workers == 1 else f"worker-{n}"
+            children.append(
+                (name, stack.spawn(stack.oslira_command("worker"), env, home / f"{name}.log"))
+            )
         children.append(("api", stack.spawn(stack.oslira_command("api"), env, home / "api.log")))
         stack.wait_for_port(settings.api_host, settings.api_port, 30, children[-1][1])
         _banner(full, settings, demo, home)

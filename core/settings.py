@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     sim_port: int = 8010
+    # Worker processes `oslira dev` starts (0: one per CPU). Temporal spreads the work.
+    worker_processes: int = 0
 
     # Authentication
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
