@@ -44,7 +44,12 @@ def start_postgres(pgdata: Path, *, keep_running: bool = False) -> tuple[object,
 
     The server stops when this process exits unless `keep_running`.
     """
-    import pgserver  # imported here: it registers an exit handler on import of a server
+    import warnings
+
+    # pgserver asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it warns and
+    # falls back to /tmp, which is what we want.
+    warnings.filterwarnings("ignore", module="platformdirs")
+    import pgserver
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")

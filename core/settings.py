@@ -40,7 +40,10 @@ DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        extra="ignore", env_nested_delimiter="__", protected_namespaces=()
+        extra="ignore",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        protected_namespaces=(),
     )
 
     environment: Literal["development", "test", "production"] = "development"

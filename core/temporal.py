@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -23,6 +28,30 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         data_converter=pydantic_data_converter,
         lazy=lazy,
     )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Registers the search attributes operators filter runs by; returns those it added.
+
+    The dev server gets them from its command line; a cluster (or temporal-compose.yml)
+    gets them here, from `oslira migrate` or `oslira dev`.
+    """
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    known = set(existing.custom_attributes) | set(existing.system_attributes)
+    missing = {name: kind for name, kind in SEARCH_ATTRIBUTES.items() if name not in known}
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace,
+                search_attributes={
+                    name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                    for name, kind in missing.items()
+                },
+            )
+        )
+    return sorted(missing)
 
 
 def workflow_id(run_id: object) -> str:
