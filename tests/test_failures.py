@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
@@ -94,3 +96,50 @@ async def test_deleted_business_profile_fails_before_charging(
     assert progress["error"]["code"] == "business_profile_not_found"
     assert await ledger_for_run(system_pool, run_id) == []
     assert await balance(api, account) == 2
+
+
+async def test_refund_survives_database_trouble_and_lands_once(
+    api, new_account, servers, system_pool
+):
+    """Refunds fail for a while (as if the database were in trouble); compensation keeps
+    retrying and the refund lands once it can."""
+    account = await new_account(credits_granted=2)
+    owner = await asyncpg.connect(servers.database_url)
+    try:
+        await owner.execute(
+            """CREATE TABLE IF NOT EXISTS test_refunds_blocked (account_id uuid PRIMARY KEY);
+               CREATE OR REPLACE FUNCTION test_block_refunds() RETURNS trigger
+               LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF NEW.kind = 'refund' AND EXISTS (
+                       SELECT 1 FROM test_refunds_blocked b WHERE b.account_id = NEW.account_id)
+                   THEN RAISE EXCEPTION 'refunds unavailable'; END IF;
+                   RETURN NEW;
+               END $$;
+               DROP TRIGGER IF EXISTS test_block_refunds ON credit_ledger;
+               CREATE TRIGGER test_block_refunds BEFORE INSERT ON credit_ledger
+                   FOR EACH ROW EXECUTE FUNCTION test_block_refunds();
+               GRANT SELECT ON test_refunds_blocked TO oslira_worker;"""
+        )
+        await owner.execute("INSERT INTO test_refunds_blocked VALUES ($1)", account.account_id)
+        run_id = await start_ok(api, account, f"notfound_{uuid4().hex[:8]}")
+        await asyncio.sleep(2.5)  # several compensation attempts fail meanwhile
+        assert (await ledger_for_run(system_pool, run_id)) == [("charge", -1)]
+        # Still unfinished: the failure is known, the refund is not yet written.
+        still = await wait_for(api, account, run_id, {"processing"}, timeout=1)
+        assert still["error"] is None or still["error"]["code"] == "profile_not_found"
+
+        await owner.execute(
+            "DELETE FROM test_refunds_blocked WHERE account_id = $1", account.account_id
+        )
+        progress = await wait_for(api, account, run_id, timeout=60)
+        assert progress["status"] == "failed"
+        assert await ledger_for_run(system_pool, run_id) == [("charge", -1), ("refund", 1)]
+        assert await balance(api, account) == 2
+    finally:
+        await owner.execute(
+            """DROP TRIGGER IF EXISTS test_block_refunds ON credit_ledger;
+               DROP FUNCTION IF EXISTS test_block_refunds();
+               DROP TABLE IF EXISTS test_refunds_blocked;"""
+        )
+        await owner.close()

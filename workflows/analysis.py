@@ -77,6 +77,14 @@ DB_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=8,
 )
+# A refund is never given up on: compensation retries until the database answers, and an
+# operator sees the attempts in the UI meanwhile.
+COMPENSATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+)
 CACHE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=2),
@@ -351,7 +359,7 @@ class AnalysisWorkflow:
                     error=self._error,
                     steps=list(self._steps.values()),
                 ),
-                DB_RETRY,
+                COMPENSATION_RETRY,
                 summary=f"compensation: refund and mark {status}",
             )
         )
