@@ -152,17 +152,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oslira-bench-") as tmp:
         home = Path(tmp)
         os.chmod(home, 0o755)
-        env = {
-            "OSLIRA_HOME": str(home),
-            "API_PORT": str(stack.free_port()),
-            "TEMPORAL_PORT": str(stack.free_port()),
-            "TEMPORAL_UI_PORT": str(stack.free_port()),
-            "SIM_PORT": str(stack.free_port()),
-            "SIM_APIFY_LATENCY_MS": "0",
-            "SIM_OPENAI_LATENCY_MS": "0",
-        }
-        for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "APIFY_TOKEN", "OPENAI_API_KEY"):
-            os.environ.pop(name, None)
+        env = stack.isolated_dev_env(home, SIM_APIFY_LATENCY_MS="0", SIM_OPENAI_LATENCY_MS="0")
         dev = stack.spawn(stack.oslira_command("dev"), env, home / "dev.out")
         try:
             deadline = time.monotonic() + 120

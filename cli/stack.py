@@ -124,6 +124,24 @@ async def wait_for_temporal(address: str, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+def isolated_dev_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for an `oslira dev` of its own: its state folder, free ports, the
+    embedded parts and simulators whatever the calling shell has set."""
+    return {
+        "OSLIRA_HOME": str(home),
+        "API_PORT": str(free_port()),
+        "TEMPORAL_PORT": str(free_port()),
+        "TEMPORAL_UI_PORT": str(free_port()),
+        "SIM_PORT": str(free_port()),
+        # Empty counts as unset: the shell's own services are not used.
+        "DATABASE_URL": "",
+        "TEMPORAL_ADDRESS": "",
+        "APIFY_TOKEN": "",
+        "OPENAI_API_KEY": "",
+        **extra,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

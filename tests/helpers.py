@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
@@ -87,3 +87,18 @@ async def apify_calls(simulator_url: str, username: str) -> int:
         response = await client.get(f"/_simulator/apify/calls/{username}")
     calls: int = response.json()["calls"]
     return calls
+
+
+async def insert_run(pool: asyncpg.Pool, account: Account, username: str, cost: int = 1) -> UUID:
+    """A pending request row written directly, as if the API had accepted it."""
+    run_id = uuid4()
+    await pool.execute(
+        """INSERT INTO analyses (id, account_id, business_profile_id, username, analysis_type,
+               credits_cost) VALUES ($1, $2, $3, $4, 'light', $5)""",
+        run_id,
+        account.account_id,
+        account.business_profile_id,
+        username,
+        cost,
+    )
+    return run_id

@@ -48,18 +48,12 @@ def test_dev_stack_runs_an_analysis_and_keeps_its_data_across_restarts():
     with tempfile.TemporaryDirectory(prefix="oslira-dev-") as tmp:
         home = Path(tmp)
         os.chmod(home, 0o755)
-        env = {
-            "OSLIRA_HOME": str(home / "state"),
-            "API_PORT": str(stack.free_port()),
-            "TEMPORAL_PORT": str(stack.free_port()),
-            "TEMPORAL_UI_PORT": str(stack.free_port()),
-            "SIM_PORT": str(stack.free_port()),
-            "SIM_APIFY_LATENCY_MS": "0",
-            "SIM_OPENAI_LATENCY_MS": "0",
-            "WORKER_PROCESSES": "1",
-        }
-        for name in ("DATABASE_URL", "TEMPORAL_ADDRESS", "APIFY_TOKEN", "OPENAI_API_KEY"):
-            env[name] = ""  # make sure nothing from the calling shell leaks in
+        env = stack.isolated_dev_env(
+            home / "state",
+            SIM_APIFY_LATENCY_MS="0",
+            SIM_OPENAI_LATENCY_MS="0",
+            WORKER_PROCESSES="1",
+        )
         base = f"http://127.0.0.1:{env['API_PORT']}"
 
         proc, banner = _start_dev(home, env, "first.out")

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowExecutionStatus
 from core.models import AnalysisInput
 from core.temporal import workflow_id
 from core.tiers import Tier
-from tests.helpers import apify_calls, balance, ledger_for_run, start_ok, step, wait_for
+from tests.helpers import apify_calls, balance, insert_run, ledger_for_run, start_ok, step, wait_for
 from workflows.analysis import AnalysisWorkflow
 
 
@@ -45,16 +45,7 @@ async def test_missing_or_private_profile_fails_without_retry_and_refunds(
 async def _start_directly(system_pool, temporal_client, settings, account, username, cost) -> UUID:
     """A run whose request row exists but that the API did not vet (a race the workflow
     itself must handle)."""
-    run_id = uuid4()
-    await system_pool.execute(
-        """INSERT INTO analyses (id, account_id, business_profile_id, username, analysis_type,
-               credits_cost) VALUES ($1, $2, $3, $4, 'light', $5)""",
-        run_id,
-        account.account_id,
-        account.business_profile_id,
-        username,
-        cost,
-    )
+    run_id = await insert_run(system_pool, account, username, cost)
     await temporal_client.start_workflow(
         AnalysisWorkflow.run,
         AnalysisInput(

@@ -9,20 +9,11 @@ import asyncpg
 import pytest
 
 from db import credits
+from tests.helpers import insert_run
 
 
 async def _run_row(pool: asyncpg.Pool, account, cost: int = 1) -> UUID:
-    run_id = uuid4()
-    await pool.execute(
-        """INSERT INTO analyses (id, account_id, business_profile_id, username, analysis_type,
-               credits_cost) VALUES ($1, $2, $3, $4, 'light', $5)""",
-        run_id,
-        account.account_id,
-        account.business_profile_id,
-        f"u{run_id.hex[:8]}",
-        cost,
-    )
-    return run_id
+    return await insert_run(pool, account, f"u{uuid4().hex[:8]}", cost)
 
 
 async def _charge(pool: asyncpg.Pool, account, run_id: UUID, cost: int = 1):

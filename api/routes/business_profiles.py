@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from api.deps import Tenant
 from api.errors import NotFound, responses
+from api.pagination import Paging
 from api.schemas import BusinessProfileIn, BusinessProfileOut, Page
 from db import business_profiles
 
@@ -34,21 +34,12 @@ async def create(body: BusinessProfileIn, scope: Tenant) -> BusinessProfileOut:
     responses=responses(401, 403, 422),
     summary="The account's business profiles, newest first",
 )
-async def list_profiles(
-    scope: Tenant,
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> Page[BusinessProfileOut]:
+async def list_profiles(scope: Tenant, paging: Paging) -> Page[BusinessProfileOut]:
     async with scope.transaction() as conn:
         total, rows = await business_profiles.page(
-            conn, limit=page_size, offset=(page - 1) * page_size
+            conn, limit=paging.page_size, offset=paging.offset
         )
-    return Page(
-        page=page,
-        page_size=page_size,
-        total=total,
-        data=[BusinessProfileOut.model_validate(dict(r)) for r in rows],
-    )
+    return paging.of(total, [BusinessProfileOut.model_validate(dict(r)) for r in rows])
 
 
 @router.get(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from api.deps import Tenant
 from api.errors import responses
+from api.pagination import Paging
 from api.schemas import BalanceResponse, LedgerEntry, Page
 from db import credits
 
@@ -29,18 +28,9 @@ async def balance(scope: Tenant) -> BalanceResponse:
     responses=responses(401, 403, 422),
     summary="Every credit movement, newest first",
 )
-async def transactions(
-    scope: Tenant,
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> Page[LedgerEntry]:
+async def transactions(scope: Tenant, paging: Paging) -> Page[LedgerEntry]:
     async with scope.transaction() as conn:
         total, rows = await credits.transactions_page(
-            conn, scope.account_id, limit=page_size, offset=(page - 1) * page_size
+            conn, scope.account_id, limit=paging.page_size, offset=paging.offset
         )
-    return Page(
-        page=page,
-        page_size=page_size,
-        total=total,
-        data=[LedgerEntry.model_validate(r) for r in rows],
-    )
+    return paging.of(total, [LedgerEntry.model_validate(r) for r in rows])
