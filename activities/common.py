@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from temporalio import activity
 from core.models import StepDone, StepRecord
 from core.tiers import Step
 from db import analyses
+
+log = logging.getLogger(__name__)
 
 RECORD_RUNNING_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
@@ -55,13 +58,22 @@ async def provider_call(
     second only makes a cancellation arrive as soon as the throttle allows.
     """
 
-    async def watch() -> None:
+    async def record_running() -> None:
         await asyncio.sleep(RECORD_RUNNING_AFTER)
-        async with pool.acquire() as conn:
-            await analyses.record_step(conn, run_id, running(step, started_at))
+        try:
+            async with pool.acquire() as conn:
+                await analyses.record_step(conn, run_id, running(step, started_at))
+        except Exception:  # progress is best-effort; the call goes on
+            log.warning("could not record %s as running for run %s", step, run_id, exc_info=True)
+
+    async def heartbeat() -> None:
+        await asyncio.sleep(RECORD_RUNNING_AFTER)
         while True:
             activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def watch() -> None:
+        await asyncio.gather(record_running(), heartbeat())
 
     watcher = asyncio.create_task(watch())
     try:

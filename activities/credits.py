@@ -87,4 +87,6 @@ class CreditActivities:
                 error_message=input.error.message,
                 steps=input.steps,
             )
-        return FinishOutput(refunded_credits=refund.delta if refund else 0, status=input.status)
+        # A run that had already ended (say the API failed it) keeps the status it has.
+        final = input.status if run["status"] in IN_FLIGHT else RunStatus(run["status"])
+        return FinishOutput(refunded_credits=refund.delta if refund else 0, status=final)

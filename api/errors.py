@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -146,6 +147,20 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _envelope(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.TooManyConnectionsError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable: %r", exc, extra={"request_id": request_id(request)})
+        response = _envelope(
+            request, 503, Unavailable.code, "The database is unavailable; retry shortly."
+        )
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -26,7 +26,7 @@ class PageParams:
 
 
 def _page_params(
-    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    page: Annotated[int, Query(ge=1, le=100_000, description="1-based page number")] = 1,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> PageParams:
     return PageParams(page=page, page_size=page_size)

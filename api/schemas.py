@@ -99,7 +99,7 @@ class ResultResponse(BaseModel):
     username: str
     analysis_type: Tier
     business_profile_id: UUID
-    lead: LeadOut
+    lead: LeadOut | None = Field(description="None once the lead has been purged")
     analysis: dict[str, Any] = Field(
         description="score (0-100), summary, niche, red_flags; deep adds engagement_read, "
         "selling_points, outreach_message; xray adds motivations, communication_style, "
@@ -154,6 +154,13 @@ class BusinessProfileIn(BaseModel):
     description: str = Field(default="", max_length=4000)
     offering: str = Field(default="", max_length=4000)
     target_audience: str = Field(default="", max_length=4000)
+
+    @field_validator("name", "description", "offering", "target_audience")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class BusinessProfileOut(BaseModel):

@@ -113,14 +113,37 @@ async def request_cancel(conn: Connection, run_id: UUID) -> asyncpg.Record | Non
 
 
 async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: str) -> None:
-    """The workflow could not be started: the run fails before anything was charged."""
+    """Starting the workflow failed, or may have failed (a lost answer).
+
+    A run still pending is failed here and gives its idempotency key back, so the client can
+    retry with the same key. The cancel flag is set in every case: if the workflow did start,
+    its charge step refuses, or, if it already charged, its commit step refuses and it refunds.
+    """
     await conn.execute(
-        f"""UPDATE analyses SET status = 'failed', error_code = $2, error_message = $3,
-               updated_at = now(), finished_at = now()
+        f"""UPDATE analyses
+            SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+                status = CASE WHEN status = 'pending' THEN 'failed' ELSE status END,
+                error_code = CASE WHEN status = 'pending' THEN $2 ELSE error_code END,
+                error_message = CASE WHEN status = 'pending' THEN $3 ELSE error_message END,
+                finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
+                idempotency_key = CASE WHEN status = 'pending' THEN NULL ELSE idempotency_key END,
+                updated_at = now()
             WHERE id = $1 AND {IN_FLIGHT_SQL}""",
         run_id,
         code,
         message,
+    )
+
+
+async def cancel_unstarted(conn: Connection, run_id: UUID) -> None:
+    """Cancels a run whose workflow does not exist: nothing was or will be charged."""
+    await conn.execute(
+        """UPDATE analyses
+           SET status = 'cancelled', error_code = 'run_cancelled',
+               error_message = 'cancelled before it started', updated_at = now(),
+               finished_at = now()
+           WHERE id = $1 AND status = 'pending'""",
+        run_id,
     )
 
 
@@ -197,6 +220,7 @@ async def finish_unsuccessful(
     error_message: str,
     steps: list[StepRecord],
 ) -> None:
+    """Records the end of a failed or cancelled run; a run already finished keeps its end."""
     await conn.execute(
         f"""UPDATE analyses
             SET status = $2, error_code = $3, error_message = $4, steps = $5,

@@ -315,9 +315,11 @@ class AnalysisWorkflow:
             arg,
             start_to_close_timeout=DB_TIMEOUT,
             retry_policy=retry,
-            # A database step that was started finishes (commits or rolls back) before the
-            # workflow moves on, so compensation never races it.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            # A cancel interrupts the wait at once (waiting could let a step that completes
+            # meanwhile swallow the cancel). A charge still in flight is then ordered
+            # against the compensation by the run's row lock: either it lands first and is
+            # refunded, or it finds the run finished and takes nothing.
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             summary=summary,
         )
 

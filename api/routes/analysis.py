@@ -76,7 +76,9 @@ async def analyze(
     temporal: Temporal,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=255, description="Repeat a request safely: same key, same run"),
+        Header(
+            min_length=1, max_length=255, description="Repeat a request safely: same key, same run"
+        ),
     ] = None,
 ) -> RunAccepted:
     run_id = uuid4()  # step 1
@@ -169,15 +171,15 @@ async def analyze(
     except WorkflowAlreadyStartedError:
         pass
     except Exception as exc:
-        # Nothing was charged; free the username for a new request at once.
+        # The start failed or its answer was lost: make sure the run ends without a charge.
         log.error("could not start workflow for run %s: %r", run_id, exc)
         async with scope.transaction() as conn:
             await analyses.mark_not_started(
                 conn, run_id, "not_started", "the analysis could not be started"
             )
-        if isinstance(exc, RPCError):
-            raise Unavailable("The analysis could not be started; nothing was charged.") from exc
-        raise
+        raise Unavailable(
+            "The analysis could not be started; nothing was charged. Retry later."
+        ) from exc
     return _accepted(row)
 
 
@@ -301,9 +303,18 @@ async def cancel(run_id: UUID, scope: Tenant, temporal: Temporal) -> CancelRespo
     try:
         await temporal.get_workflow_handle(workflow_id(run_id)).cancel()
     except RPCError as exc:
-        # The flag on the row stands: the run's next database step sees it and cancels.
-        if exc.status is not RPCStatusCode.NOT_FOUND:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            # No workflow (its start failed and was not recorded): nothing to refund.
+            async with scope.transaction() as conn:
+                await analyses.cancel_unstarted(conn, run_id)
+                row = await analyses.get(conn, run_id)
+            assert row is not None
+            run_status = RunStatus(row["status"])
+        else:
             log.warning("cancel of run %s not delivered to Temporal: %s", run_id, exc)
+    except Exception as exc:
+        # The flag on the row stands: the run's charge or commit step sees it and cancels.
+        log.warning("cancel of run %s not delivered to Temporal: %r", run_id, exc)
     return CancelResponse(run_id=run_id, status=run_status)
 
 
@@ -326,14 +337,13 @@ async def result(run_id: UUID, scope: Tenant) -> ResultResponse:
                 status=row["status"],
             )
         lead = await leads.get(conn, row["lead_id"])
-    assert lead is not None
     return ResultResponse(
         run_id=row["id"],
         status=row["status"],
         username=row["username"],
         analysis_type=row["analysis_type"],
         business_profile_id=row["business_profile_id"],
-        lead=LeadOut.model_validate(dict(lead)),
+        lead=LeadOut.model_validate(dict(lead)) if lead else None,
         analysis=row["result"],
         credits_charged=row["credits_charged"],
         cost=row["cost"],

@@ -208,12 +208,23 @@ CREATE POLICY system ON profile_cache TO oslira_worker USING (true) WITH CHECK (
 GRANT SELECT ON accounts, users, account_members, credit_balances, credit_ledger, leads
     TO oslira_api;
 GRANT SELECT, INSERT, UPDATE ON business_profiles TO oslira_api;
-GRANT SELECT, INSERT ON analyses TO oslira_api;
-GRANT UPDATE (status, progress, current_step, steps, error_code, error_message,
-              cancel_requested_at, updated_at, finished_at) ON analyses TO oslira_api;
+GRANT SELECT ON analyses TO oslira_api;
+GRANT INSERT (id, account_id, business_profile_id, requested_by, username, analysis_type,
+              credits_cost, progress, current_step, steps, idempotency_key, request_hash)
+    ON analyses TO oslira_api;
+GRANT UPDATE (status, error_code, error_message, idempotency_key, cancel_requested_at,
+              updated_at, finished_at) ON analyses TO oslira_api;
+-- On top of the tenant policy (restrictive policies are ANDed): the API creates runs only
+-- as pending and can only fail or cancel them, never complete one.
+CREATE POLICY api_creates_pending ON analyses AS RESTRICTIVE FOR INSERT TO oslira_api
+    WITH CHECK (status = 'pending' AND cancel_requested_at IS NULL);
+CREATE POLICY api_never_completes ON analyses AS RESTRICTIVE FOR UPDATE TO oslira_api
+    USING (true) WITH CHECK (status <> 'complete');
 
 GRANT SELECT, INSERT, UPDATE ON accounts, users, account_members, business_profiles,
     credit_balances, analyses, leads, profile_cache TO oslira_worker;
 GRANT SELECT, INSERT ON credit_ledger TO oslira_worker;
 GRANT DELETE ON profile_cache TO oslira_worker;
 GRANT EXECUTE ON FUNCTION app_account_id(), app_user_id() TO oslira_api, oslira_worker;
+-- Neither role may create objects of its own (the default from PostgreSQL 15 on).
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
