@@ -59,11 +59,12 @@ async def test_fifty_concurrent_analyses_on_twenty_credits_charge_exactly_twenty
     assert all(r.json()["error"]["code"] == "insufficient_credits" for r in refused_at_api)
 
     finals = await asyncio.gather(*(wait_for(api, account, run, timeout=90) for run in runs))
+    outcomes = sorted((f["status"], (f["error"] or {}).get("code")) for f in finals)
     complete = [f for f in finals if f["status"] == "complete"]
     failed = [f for f in finals if f["status"] == "failed"]
-    assert len(complete) == 20
-    assert len(failed) == len(runs) - 20
-    assert {f["error"]["code"] for f in failed} <= {"insufficient_credits"}
+    assert len(complete) == 20, outcomes
+    assert len(failed) == len(runs) - 20, outcomes
+    assert {f["error"]["code"] for f in failed} <= {"insufficient_credits"}, outcomes
     for f in failed:  # refused at the charge: never charged, so nothing to refund
         assert await ledger_for_run(system_pool, f["run_id"]) == []
     charges = await system_pool.fetchval(
