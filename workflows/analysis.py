@@ -51,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
         ChargeInput,
         CostBreakdown,
         FinishInput,
-        FinishOutput,
         Profile,
         Progress,
         RunError,
@@ -365,9 +364,6 @@ class AnalysisWorkflow:
                 summary=f"compensation: refund and mark {status}",
             )
         )
-        self._after_give_up(finished)
-
-    def _after_give_up(self, finished: FinishOutput) -> None:
         if finished.status is RunStatus.complete:
             # The commit had landed before the failure or cancel was seen.
             self._error = None
