@@ -26,9 +26,9 @@ from typing import IO
 import asyncpg
 
 from cli import stack
+from core import temporal
 from core.auth import mint_token
 from core.settings import DEV_JWT_SECRET, Settings, stack_env_path
-from core.temporal import ensure_search_attributes
 from db.migrate import migrate, set_role_passwords
 from db.seed import create_account
 
@@ -75,7 +75,7 @@ def run_dev() -> int:
             env["TEMPORAL_ADDRESS"] = settings.temporal_address
         asyncio.run(stack.wait_for_temporal(env["TEMPORAL_ADDRESS"]))
         if settings.temporal_address is not None:
-            asyncio.run(_register_search_attributes(settings, env["TEMPORAL_ADDRESS"]))
+            asyncio.run(_register_search_attributes(settings))
 
         if settings.apify_token is None or settings.openai_api_key is None:
             sim_url = f"http://127.0.0.1:{settings.sim_port}"
@@ -141,11 +141,9 @@ def run_dev() -> int:
             pg_server.cleanup()  # type: ignore[attr-defined]
 
 
-async def _register_search_attributes(settings: Settings, address: str) -> None:
-    from temporalio.client import Client
-
-    client = await Client.connect(address, namespace=settings.temporal_namespace)
-    added = await ensure_search_attributes(client, settings.temporal_namespace)
+async def _register_search_attributes(settings: Settings) -> None:
+    client = await temporal.connect(settings)
+    added = await temporal.ensure_search_attributes(client, settings.temporal_namespace)
     if added:
         log.info("registered search attributes: %s", ", ".join(added))
 

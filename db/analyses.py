@@ -135,16 +135,21 @@ async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: s
     )
 
 
-async def cancel_unstarted(conn: Connection, run_id: UUID) -> None:
-    """Cancels a run whose workflow does not exist: nothing was or will be charged."""
-    await conn.execute(
+async def cancel_unstarted(conn: Connection, run_id: UUID) -> bool:
+    """Cancels a run whose workflow does not exist: nothing was or will be charged.
+
+    False when the run was no longer pending (its workflow did start meanwhile).
+    """
+    cancelled = await conn.fetchval(
         """UPDATE analyses
            SET status = 'cancelled', error_code = 'run_cancelled',
                error_message = 'cancelled before it started', updated_at = now(),
                finished_at = now()
-           WHERE id = $1 AND status = 'pending'""",
+           WHERE id = $1 AND status = 'pending'
+           RETURNING true""",
         run_id,
     )
+    return bool(cancelled)
 
 
 # --- worker side (system role) --------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -102,3 +104,11 @@ async def insert_run(pool: asyncpg.Pool, account: Account, username: str, cost: 
         cost,
     )
     return run_id
+
+
+@asynccontextmanager
+async def as_tenant(conn: asyncpg.Connection, account_id: UUID) -> AsyncIterator[None]:
+    """A transaction in which row level security sees `account_id`, as the API's are."""
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('app.account_id', $1, true)", str(account_id))
+        yield

@@ -8,31 +8,10 @@ import pytest
 
 from tests.helpers import apify_calls, balance, ledger_for_run, start_ok, step, wait_for
 
-TIER_FIELDS = {
-    "light": {"score", "summary", "niche", "red_flags"},
-    "deep": {
-        "score",
-        "summary",
-        "niche",
-        "red_flags",
-        "engagement_read",
-        "selling_points",
-        "outreach_message",
-    },
-    "xray": {
-        "score",
-        "summary",
-        "niche",
-        "red_flags",
-        "engagement_read",
-        "selling_points",
-        "outreach_message",
-        "motivations",
-        "communication_style",
-        "objections",
-        "buying_triggers",
-    },
-}
+LIGHT_FIELDS = {"score", "summary", "niche", "red_flags"}
+DEEP_FIELDS = LIGHT_FIELDS | {"engagement_read", "selling_points", "outreach_message"}
+XRAY_FIELDS = DEEP_FIELDS | {"motivations", "communication_style", "objections", "buying_triggers"}
+TIER_FIELDS = {"light": LIGHT_FIELDS, "deep": DEEP_FIELDS, "xray": XRAY_FIELDS}
 TIER_COST = {"light": 1, "deep": 3, "xray": 5}
 TIER_MODEL = {"light": "gpt-5-nano", "deep": "gpt-5-mini", "xray": "gpt-5"}
 

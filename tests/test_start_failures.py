@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import app_client, make_settings
-from tests.helpers import insert_run, ledger_for_run, start, wait_for
+from tests.helpers import as_tenant, insert_run, ledger_for_run, start, wait_for
 
 
 @pytest.fixture
@@ -67,10 +67,7 @@ async def test_api_role_can_neither_create_nor_finish_runs_as_complete(new_accou
                VALUES (gen_random_uuid(), $1, $2, 'x', 'light', 1, 0)""",
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                async with conn.transaction():
-                    await conn.execute(
-                        "SELECT set_config('app.account_id', $1, true)", str(account.account_id)
-                    )
+                async with as_tenant(conn, account.account_id):
                     await conn.execute(statement, account.account_id, account.business_profile_id)
     finally:
         await conn.close()

@@ -7,7 +7,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from tests.helpers import start_ok, wait_for
+from tests.helpers import as_tenant, start_ok, wait_for
 
 
 async def test_another_accounts_token_cannot_see_or_cancel_a_run(api, new_account):
@@ -75,10 +75,7 @@ async def test_tenant_scoped_connection_cannot_read_other_accounts_rows(api, new
 
     conn = await asyncpg.connect(settings.api_dsn)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                "SELECT set_config('app.account_id', $1, true)", str(mine.account_id)
-            )
+        async with as_tenant(conn, mine.account_id):
             for table in TENANT_TABLES:
                 visible = await conn.fetch(f"SELECT DISTINCT account_id FROM {table}")
                 assert [r["account_id"] for r in visible] == [mine.account_id], table
@@ -98,19 +95,13 @@ async def test_api_role_cannot_write_other_tenants_rows_or_move_credits(new_acco
     conn = await asyncpg.connect(settings.api_dsn)
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('app.account_id', $1, true)", str(theirs.account_id)
-                )
+            async with as_tenant(conn, theirs.account_id):
                 await conn.execute(
                     "UPDATE credit_balances SET balance = balance + 1000 WHERE account_id = $1",
                     theirs.account_id,
                 )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('app.account_id', $1, true)", str(mine.account_id)
-                )
+            async with as_tenant(conn, mine.account_id):
                 await conn.execute(
                     """INSERT INTO credit_ledger (account_id, delta, balance_after, kind,
                            idempotency_key) VALUES ($1, 1000, 1000, 'grant', $2)""",
@@ -118,10 +109,7 @@ async def test_api_role_cannot_write_other_tenants_rows_or_move_credits(new_acco
                     uuid4().hex,
                 )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # RLS WITH CHECK
-            async with conn.transaction():
-                await conn.execute(
-                    "SELECT set_config('app.account_id', $1, true)", str(mine.account_id)
-                )
+            async with as_tenant(conn, mine.account_id):
                 await conn.execute(
                     "INSERT INTO business_profiles (account_id, name) VALUES ($1, 'x')",
                     theirs.account_id,

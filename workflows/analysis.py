@@ -193,8 +193,7 @@ class AnalysisWorkflow:
             profile = scraped.profile
             cost.apify_usd = scraped.cost_usd
             if scraped.stored is not None:
-                self._steps[Step.store_in_cache] = scraped.stored
-                self._progress = max(self._progress, Step.store_in_cache.progress_after)
+                self._record(scraped.stored)
 
         analysis = await self._analyse_with_ai(input, charge.business, profile, cost)
 
@@ -383,19 +382,26 @@ class AnalysisWorkflow:
         )
 
     def _finish(self, step: Step, done: StepDone) -> None:
-        self._steps[step] = StepRecord(
-            name=step,
-            status="done",
-            started_at=done.started_at,
-            finished_at=done.finished_at,
-            attempt=done.attempt,
+        self._record(
+            StepRecord(
+                name=step,
+                status="done",
+                started_at=done.started_at,
+                finished_at=done.finished_at,
+                attempt=done.attempt,
+            )
         )
-        self._progress = max(self._progress, step.progress_after)
 
     def _skip(self, *steps: Step) -> None:
         for step in steps:
-            self._steps[step] = StepRecord(name=step, status="skipped")
-            self._progress = max(self._progress, step.progress_after)
+            self._record(StepRecord(name=step, status="skipped"))
+
+    def _record(self, record: StepRecord) -> None:
+        """Keeps a step's state; progress moves on past steps done or skipped (the same rule
+        the persisted copy follows, db.analyses.record_step)."""
+        self._steps[record.name] = record
+        if record.status in ("done", "skipped"):
+            self._progress = max(self._progress, record.name.progress_after)
 
     def _set_status(self, status: RunStatus) -> None:
         self._status = status

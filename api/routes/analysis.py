@@ -306,10 +306,8 @@ async def cancel(run_id: UUID, scope: Tenant, temporal: Temporal) -> CancelRespo
         if exc.status is RPCStatusCode.NOT_FOUND:
             # No workflow (its start failed and was not recorded): nothing to refund.
             async with scope.transaction() as conn:
-                await analyses.cancel_unstarted(conn, run_id)
-                row = await analyses.get(conn, run_id)
-            assert row is not None
-            run_status = RunStatus(row["status"])
+                if await analyses.cancel_unstarted(conn, run_id):
+                    run_status = RunStatus.cancelled
         else:
             log.warning("cancel of run %s not delivered to Temporal: %s", run_id, exc)
     except Exception as exc:
