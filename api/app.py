@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi_offline import FastAPIOffline
 
 from api import errors
+from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import analysis, business_profiles, credits, health
 from core import temporal
 from core.settings import Settings, load_settings
@@ -23,47 +22,28 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Qualifies Instagram accounts as sales leads. Start an analysis with
 `POST /api/leads/analyze`, follow it with `/api/analysis/{run_id}/progress`, read it with
-`/api/analysis/{run_id}/result`.
+`/api/analysis/{run_id}/result`, find past runs with `GET /api/analysis`.
 
 Authenticate with `Authorization: Bearer <JWT>` (HS256, audience `authenticated`, `sub` = user
 id). Users in several accounts say which with `X-Account-Id`. Errors answer
-`{"error": {"code", "message", "request_id"}}`, plus `field` for invalid input.
+`{"error": {"code", "message", "request_id"}}`, plus `field` for invalid input. Bodies larger
+than the configured limit (1 MiB by default) answer 413.
 """
 
 
-class RequestIdMiddleware:
-    """Gives every request an id (or keeps the caller's X-Request-Id) and echoes it back.
-
-    Plain ASGI rather than BaseHTTPMiddleware, which costs a task and a copy per request.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = Headers(scope=scope).get("x-request-id")
-        request_id = given if given and len(given) <= 128 else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-Id"] = request_id
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; refuses to build without a JWT secret, a database or a Temporal address
+    (ConfigurationError), so a misconfigured process never starts serving."""
     settings = settings or load_settings()
+    settings.require_jwt_secret()
+    settings.require_temporal_address()
+    dsn = settings.api_dsn
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await create_pool(
-            settings.api_dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
         # Lazy: the API starts, and answers health and progress, while Temporal is down.
         app.state.temporal = await temporal.connect(settings, lazy=True)
@@ -73,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.pool.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the installed package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="Oslira analysis API",
         version=version("oslira"),
         description=DESCRIPTION,
@@ -81,7 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    app.add_middleware(RequestIdMiddleware)
+    # The last added runs first: the request id exists before the gate answers.
+    app.add_middleware(RequestGateMiddleware, settings=settings)
+    app.add_middleware(RequestContextMiddleware)
     for module in (analysis, business_profiles, credits, health):
         app.include_router(module.router)
     return app

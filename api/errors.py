@@ -7,6 +7,7 @@ also name the field at fault.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -32,10 +33,6 @@ class ApiError(Exception):
         self.message = message or self.message
         self.code = code or self.code
         self.extra = extra
-
-
-class BadRequest(ApiError):
-    status, code = 400, "bad_request"
 
 
 class Unauthorized(ApiError):
@@ -84,28 +81,49 @@ class ErrorResponse(BaseModel):
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer."""
     descriptions = {
-        400: "Bad request",
         401: "Missing, expired or invalid bearer token",
         402: "Not enough credits",
         403: "Not a member of the account",
         404: "Not found (or belongs to another account)",
         409: "Conflict with the resource's current state",
+        413: "The body is larger than the limit (MAX_REQUEST_BYTES)",
         422: "Invalid input; `field` names the field at fault",
         503: "A backing service (database, Temporal) is unavailable",
     }
     return {c: {"model": ErrorResponse, "description": descriptions[c]} for c in codes}
 
 
+def error_response(
+    request_id: str,
+    http_status: int,
+    code: str,
+    message: str,
+    /,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """The error envelope; middleware answers with it too, before any route runs."""
+    body = {"code": code, "message": message, "request_id": request_id}
+    body.update(jsonable_encoder(extra))
+    return JSONResponse({"error": body}, status_code=http_status, headers=headers)
+
+
 def _envelope(
     request: Request, http_status: int, code: str, message: str, /, **extra: Any
 ) -> JSONResponse:
-    body = {"code": code, "message": message, "request_id": request_id(request)}
-    body.update(jsonable_encoder(extra))
-    return JSONResponse({"error": body}, status_code=http_status)
+    return error_response(request_id(request), http_status, code, message, **extra)
 
 
 def request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
+
+
+# Codes for the errors the framework raises itself (routing, body reading).
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -145,8 +163,20 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _envelope(request, exc.status_code, code, str(exc.detail))
+        if exc.status_code == 400:
+            # The only 400 the framework raises: a body it cannot decode (not UTF-8, say).
+            return _envelope(
+                request,
+                422,
+                "validation_error",
+                "body: the body is not valid JSON",
+                field="body",
+                errors=[{"field": "body", "message": str(exc.detail)}],
+            )
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        response = _envelope(request, exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # Allow, on a 405
+        return response
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)

@@ -28,7 +28,7 @@ import asyncpg
 from cli import stack
 from core import temporal
 from core.auth import mint_token
-from core.settings import DEV_JWT_SECRET, Settings, stack_env_path
+from core.settings import Settings, stack_env_path
 from db.migrate import migrate, set_role_passwords
 from db.seed import create_account
 
@@ -91,9 +91,10 @@ def run_dev() -> int:
             if settings.openai_api_key is None:
                 env |= {"OPENAI_BASE_URL": f"{sim_url}/v1", "OPENAI_API_KEY": "simulator"}
 
-        secret = settings.jwt_secret.get_secret_value()
         env["JWT_SECRET"] = (
-            _persistent_secret(home / "jwt_secret") if secret == DEV_JWT_SECRET else secret
+            settings.jwt_secret.get_secret_value()
+            if settings.jwt_secret is not None
+            else _persistent_secret(home / "jwt_secret")
         )
         _write_stack_env(home, env)
         full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
@@ -160,8 +161,10 @@ def _single_instance(home: Path) -> IO[str]:
 def _persistent_secret(path: Path) -> str:
     """A random JWT secret kept in the state folder, so tokens survive restarts."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
+        # Created private, never world-readable even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 

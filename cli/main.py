@@ -1,21 +1,27 @@
-"""The `oslira` command: run the stack or one of its parts, migrate, create accounts."""
+"""The `oslira` command: run the stack or one of its parts, migrate, and the operator commands
+(accounts, tokens, credits)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-from datetime import timedelta
 from typing import Annotated
 
 import typer
 
-from core.settings import load_settings
+from cli.operators import (
+    accounts_app,
+    credits_app,
+    fail,
+    settings_or_exit,
+    tokens_app,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-accounts_app = typer.Typer(no_args_is_help=True, help="Manage accounts.")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(credits_app, name="credits")
 
 
 def _logging(verbose: bool = False) -> None:
@@ -42,7 +48,7 @@ def worker() -> None:
     import worker as worker_module
 
     _logging()
-    settings = load_settings()
+    settings = settings_or_exit()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -63,11 +69,16 @@ def api(
     import uvicorn
 
     from api.app import create_app
+    from core.settings import ConfigurationError
 
     _logging()
-    settings = load_settings()
+    settings = settings_or_exit()
+    try:
+        application = create_app(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
     uvicorn.run(
-        create_app(settings),
+        application,
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="warning",
@@ -82,7 +93,7 @@ def migrate() -> None:
     from db.migrate import set_role_passwords
 
     _logging()
-    settings = load_settings()
+    settings = settings_or_exit()
 
     async def main() -> list[str]:
         applied = await apply(settings.require_database_url())
@@ -102,40 +113,8 @@ def simulate(
 
     from simulators.app import create_app
 
-    settings = load_settings()
+    settings = settings_or_exit()
     uvicorn.run(create_app(), host="127.0.0.1", port=port or settings.sim_port, log_level="warning")
-
-
-@accounts_app.command("create")
-def accounts_create(
-    name: Annotated[str, typer.Option(help="The account's name")],
-    credits: Annotated[int, typer.Option(min=0, help="Opening credit grant")] = 0,
-    email: Annotated[str | None, typer.Option(help="The owner's email")] = None,
-    token_days: Annotated[int, typer.Option(min=1, help="How long the token is valid")] = 30,
-) -> None:
-    """Create an account with an owner and a business profile; print them and a token as JSON."""
-    import asyncpg
-
-    from core.auth import mint_token
-    from db.seed import create_account
-
-    settings = load_settings()
-
-    async def main() -> dict[str, str]:
-        conn = await asyncpg.connect(settings.worker_dsn)
-        try:
-            created = await create_account(conn, name=name, credits_granted=credits, email=email)
-        finally:
-            await conn.close()
-        token = mint_token(settings, created.user_id, valid_for=timedelta(days=token_days))
-        return {
-            "account_id": str(created.account_id),
-            "user_id": str(created.user_id),
-            "business_profile_id": str(created.business_profile_id),
-            "token": token,
-        }
-
-    typer.echo(json.dumps(asyncio.run(main())))
 
 
 if __name__ == "__main__":

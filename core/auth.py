@@ -1,4 +1,5 @@
-"""Tokens in the shape the API accepts (Supabase-compatible claims)."""
+"""Tokens in the shape the API accepts (Supabase-compatible claims): minted by the operator
+commands, verified by the API."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ import jwt
 
 from core.settings import Settings
 
+ALGORITHM = "HS256"
+# A token past this many days is refused at minting: long-lived access belongs to API keys.
+MAX_TOKEN_DAYS = 3650
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, expired or not ours; the message says which."""
+
 
 def mint_token(settings: Settings, user_id: UUID, *, valid_for: timedelta) -> str:
+    if not timedelta(0) < valid_for <= timedelta(days=MAX_TOKEN_DAYS):
+        raise ValueError(f"a token is valid for 1 to {MAX_TOKEN_DAYS} days")
     now = datetime.now(UTC)
     claims = {
         "sub": str(user_id),
@@ -19,4 +30,21 @@ def mint_token(settings: Settings, user_id: UUID, *, valid_for: timedelta) -> st
         "iat": now,
         "exp": now + valid_for,
     }
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, settings.require_jwt_secret(), algorithm=ALGORITHM)
+
+
+def verify_token(settings: Settings, token: str) -> UUID:
+    """The user id a valid token names."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.require_jwt_secret(),
+            algorithms=[ALGORITHM],  # fixed by the server, never taken from the token
+            audience=settings.jwt_audience,
+            options={"require": ["exp", "sub", "aud"]},
+        )
+        return UUID(str(claims["sub"]))
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("The token has expired.") from exc
+    except (jwt.InvalidTokenError, ValueError) as exc:
+        raise InvalidToken("The token is invalid.") from exc

@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.tiers import Tier
 
-DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 API_ROLE = "oslira_api"
 WORKER_ROLE = "oslira_worker"
+# HS256 keys shorter than the hash output are guessable offline from one token.
+JWT_SECRET_MIN_BYTES = 32
+
+
+class ConfigurationError(RuntimeError):
+    """A process cannot start with the configuration it was given."""
 
 
 class ModelPrice(BaseModel):
@@ -76,9 +81,14 @@ class Settings(BaseSettings):
     # Worker processes `oslira dev` starts (0: one per CPU). Temporal spreads the work.
     worker_processes: int = 0
 
-    # Authentication
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # Authentication. No default: the API and the token commands refuse to start without a
+    # secret; `oslira dev` generates one per state folder.
+    jwt_secret: SecretStr | None = None
     jwt_audience: str = "authenticated"
+
+    # Requests whose body is larger answer 413 unread (a batch of 10,000 usernames is
+    # about 330 kB).
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
 
     # Apify
     apify_token: SecretStr | None = None
@@ -109,13 +119,16 @@ class Settings(BaseSettings):
     progress_query_timeout_seconds: float = 0.5
     progress_query_backoff_seconds: float = 10.0
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < JWT_SECRET_MIN_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes")
+        return secret
+
     @model_validator(mode="after")
-    def _refuse_placeholders(self) -> Settings:
+    def _refuse_missing_services(self) -> Settings:
         if self.environment == "production":
-            if self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
-                raise ValueError("JWT_SECRET must be set outside development")
-            if len(self.jwt_secret.get_secret_value()) < 32:
-                raise ValueError("JWT_SECRET must be at least 32 characters")
             if self.database_url is None:
                 raise ValueError("DATABASE_URL must be set outside development")
             if self.temporal_address is None:
@@ -141,9 +154,18 @@ class Settings(BaseSettings):
     def cache_ttl_seconds(self, tier: Tier) -> float:
         return float(getattr(self, f"cache_ttl_hours_{tier.value}")) * 3600
 
+    def require_jwt_secret(self) -> str:
+        if self.jwt_secret is None:
+            raise ConfigurationError(
+                "JWT_SECRET is not set: give it a random value of at least "
+                f"{JWT_SECRET_MIN_BYTES} bytes (for example `openssl rand -base64 48`), or "
+                "start the whole stack with `oslira dev`, which keeps one per state folder."
+            )
+        return self.jwt_secret.get_secret_value()
+
     def require_database_url(self) -> str:
         if self.database_url is None:
-            raise RuntimeError(
+            raise ConfigurationError(
                 "No database configured: start the stack with `oslira dev` "
                 "(or `make run`) or set DATABASE_URL."
             )
@@ -151,7 +173,7 @@ class Settings(BaseSettings):
 
     def require_temporal_address(self) -> str:
         if self.temporal_address is None:
-            raise RuntimeError(
+            raise ConfigurationError(
                 "No Temporal server configured: start the stack with `oslira dev` "
                 "(or `make run`) or set TEMPORAL_ADDRESS."
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -43,3 +44,32 @@ async def memberships(conn: Connection) -> list[asyncpg.Record]:
            JOIN accounts a ON a.id = m.account_id
            WHERE a.deleted_at IS NULL ORDER BY m.created_at"""
     )
+
+
+async def email_taken(conn: Connection, email: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM users WHERE lower(email) = $1", email.lower()))
+
+
+async def user_exists(conn: Connection, user_id: UUID) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id))
+
+
+async def account_exists(conn: Connection, account_id: UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM accounts WHERE id = $1 AND deleted_at IS NULL", account_id
+        )
+    )
+
+
+async def overview(conn: Connection) -> list[dict[str, Any]]:
+    """Every live account with its balance and member count, newest first (system role)."""
+    rows = await conn.fetch(
+        """SELECT a.id AS account_id, a.name, a.created_at,
+                  coalesce(b.balance, 0) AS balance,
+                  (SELECT count(*) FROM account_members m WHERE m.account_id = a.id) AS members
+           FROM accounts a LEFT JOIN credit_balances b ON b.account_id = a.id
+           WHERE a.deleted_at IS NULL
+           ORDER BY a.created_at DESC, a.id"""
+    )
+    return [dict(r) for r in rows]

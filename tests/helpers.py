@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 
+from core.settings import Settings
 from tests.conftest import Account
 
 TERMINAL = {"complete", "failed", "cancelled"}
@@ -112,3 +113,22 @@ async def as_tenant(conn: asyncpg.Connection, account_id: UUID) -> AsyncIterator
     async with conn.transaction():
         await conn.execute("SELECT set_config('app.account_id', $1, true)", str(account_id))
         yield
+
+
+def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
+    """The environment for an `oslira` child process (worker, API, operator command) that
+    uses the test session's servers, with a state folder of its own."""
+    assert settings.apify_token and settings.openai_api_key and settings.jwt_secret
+    return {
+        "OSLIRA_HOME": home,
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": settings.require_database_url(),
+        "TEMPORAL_ADDRESS": settings.require_temporal_address(),
+        "TASK_QUEUE": settings.task_queue,
+        "APIFY_BASE_URL": settings.apify_base_url,
+        "APIFY_TOKEN": settings.apify_token.get_secret_value(),
+        "OPENAI_BASE_URL": str(settings.openai_base_url),
+        "OPENAI_API_KEY": settings.openai_api_key.get_secret_value(),
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        **extra,
+    }

@@ -10,24 +10,8 @@ from uuid import uuid4
 import pytest
 
 from cli import stack
-from core.settings import Settings
 from tests.conftest import app_client, make_settings
-from tests.helpers import ledger_for_run, start_ok, step, wait_for
-
-
-def _worker_env(settings: Settings, home: str) -> dict[str, str]:
-    assert settings.apify_token and settings.openai_api_key
-    return {
-        "OSLIRA_HOME": home,
-        "ENVIRONMENT": "test",
-        "DATABASE_URL": settings.require_database_url(),
-        "TEMPORAL_ADDRESS": settings.require_temporal_address(),
-        "TASK_QUEUE": settings.task_queue,
-        "APIFY_BASE_URL": settings.apify_base_url,
-        "APIFY_TOKEN": settings.apify_token.get_secret_value(),
-        "OPENAI_BASE_URL": str(settings.openai_base_url),
-        "OPENAI_API_KEY": settings.openai_api_key.get_secret_value(),
-    }
+from tests.helpers import ledger_for_run, process_env, start_ok, step, wait_for
 
 
 @pytest.fixture
@@ -54,7 +38,7 @@ async def test_progress_answers_from_the_database_when_no_worker_runs(lonely, ne
 
     # A worker arriving later picks the run up.
     with tempfile.TemporaryDirectory() as home:
-        worker = stack.spawn(stack.oslira_command("worker"), _worker_env(settings, home))
+        worker = stack.spawn(stack.oslira_command("worker"), process_env(settings, home))
         try:
             assert (await wait_for(api, account, run_id, timeout=60))["status"] == "complete"
         finally:
@@ -67,7 +51,7 @@ async def test_worker_killed_mid_run_is_replaced_and_the_run_charges_once(
     settings, api = lonely
     account = await new_account(credits_granted=3)
     with tempfile.TemporaryDirectory() as home:
-        env = _worker_env(settings, home)
+        env = process_env(settings, home)
         first = stack.spawn(stack.oslira_command("worker"), env)
         second = None
         try:

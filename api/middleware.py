@@ -1,0 +1,132 @@
+"""ASGI middleware: a request id and an access log line per request, and a gate that refuses
+oversized and unauthenticated requests before anything reads their body.
+
+Plain ASGI rather than BaseHTTPMiddleware, which costs a task and a copy per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+from core.auth import InvalidToken, verify_token
+from core.settings import Settings
+
+access_log = logging.getLogger("oslira.access")
+
+# Paths under /api that answer without a bearer token (Stripe's webhook will be one).
+PUBLIC_API_PREFIXES: tuple[str, ...] = ()
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (or keeps the caller's X-Request-Id), echoes it back, and
+    writes one access log line when the response is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given if given and len(given) <= 128 else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what the client gets if the app fails before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            query = scope.get("query_string", b"").decode("latin-1")
+            access_log.info(
+                "%s %s%s %d %.1fms request_id=%s",
+                scope["method"],
+                scope["path"],
+                f"?{query}" if query else "",
+                status,
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )
+
+
+class RequestGateMiddleware:
+    """Refuses a request before its body is read when the body is too large (413) or, under
+    /api, when it carries no valid bearer token (401).
+
+    A declared Content-Length over the limit is answered at once; a body sent without one
+    (chunked) is counted as the app reads it and cut off at the limit. The authenticated
+    user id is left in the request state for the `CurrentUser` dependency.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.limit = settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = scope.get("state", {}).get("request_id", "")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = error_response(
+                request_id,
+                413,
+                "request_too_large",
+                f"The body is larger than {self.limit} bytes.",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+
+        if _needs_authentication(scope["path"]):
+            try:
+                user_id = verify_token(self.settings, _bearer_token(headers))
+            except InvalidToken as exc:
+                response = error_response(
+                    request_id, 401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}
+                )
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})["user_id"] = user_id
+
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # Raised inside the route's body read; the app's handler answers 413.
+                    raise HTTPException(413, f"The body is larger than {self.limit} bytes.")
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+def _needs_authentication(path: str) -> bool:
+    return path.startswith("/api/") and not any(path.startswith(p) for p in PUBLIC_API_PREFIXES)
+
+
+def _bearer_token(headers: Headers) -> str:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("A bearer token is required.")
+    return token.strip()
