@@ -163,6 +163,42 @@ async def refund_run(conn: Connection, *, account_id: UUID, run_id: UUID) -> Mov
     )
 
 
+async def lock_promises(conn: Connection, account_id: UUID) -> None:
+    """Serialises, until the transaction ends, the API's promises of one account's credits.
+
+    An advisory lock rather than the balance row's lock: the API role may not lock rows it
+    cannot update, and it must not hold up the workers' charges.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('credits:' || $1::uuid, 0))", account_id
+    )
+
+
+@dataclass(frozen=True)
+class Available:
+    balance: int
+    promised: int  # the cost of runs accepted but not yet charged
+
+    @property
+    def credits(self) -> int:
+        return self.balance - self.promised
+
+
+async def available(conn: Connection, account_id: UUID) -> Available:
+    """The balance less what accepted runs will still charge, read in one snapshot (a run
+    leaves `pending` in the transaction that charges it)."""
+    row = await conn.fetchrow(
+        """SELECT coalesce((SELECT balance FROM credit_balances WHERE account_id = $1), 0)
+                      AS balance,
+                  coalesce((SELECT sum(credits_cost) FROM analyses
+                            WHERE account_id = $1 AND status = 'pending'
+                              AND cancel_requested_at IS NULL), 0) AS promised""",
+        account_id,
+    )
+    assert row is not None
+    return Available(balance=int(row["balance"]), promised=int(row["promised"]))
+
+
 async def balance(conn: Connection, account_id: UUID) -> int:
     value = await conn.fetchval(
         "SELECT balance FROM credit_balances WHERE account_id = $1", account_id

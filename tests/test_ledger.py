@@ -86,8 +86,14 @@ async def test_concurrent_charges_never_overdraw(new_account, system_pool):
         == 1
     )
     for run_id in runs:
-        await _mark(system_pool, run_id, "complete" if run_id in charged else "failed")
-    await system_pool.execute("UPDATE analyses SET credits_charged = 2 WHERE id = ANY($1)", charged)
+        if run_id in charged:
+            await _mark(system_pool, run_id, "processing")
+            await system_pool.execute(
+                "UPDATE analyses SET status = 'complete', credits_charged = 2 WHERE id = $1",
+                run_id,
+            )
+        else:
+            await _mark(system_pool, run_id, "failed")
 
 
 async def test_ledger_rows_cannot_be_changed_or_removed(new_account, system_pool, servers):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from uuid import uuid4
 
-import asyncpg
 import pytest
 
 from tests.conftest import app_client, make_settings
-from tests.helpers import as_tenant, insert_run, ledger_for_run, start, wait_for
+from tests.helpers import insert_run, ledger_for_run, start, wait_for
 
 
 @pytest.fixture
@@ -52,25 +51,6 @@ async def test_cancel_of_a_run_whose_workflow_never_started_cancels_it(
     assert response.json()["status"] == "cancelled"
     # The username is free again.
     assert (await start(api, account, "fresh_after_cancel")).status_code == 202
-
-
-async def test_api_role_can_neither_create_nor_finish_runs_as_complete(new_account, settings):
-    account = await new_account()
-    conn = await asyncpg.connect(settings.api_dsn)
-    try:
-        for statement in (
-            """INSERT INTO analyses (id, account_id, business_profile_id, username,
-                   analysis_type, credits_cost, status)
-               VALUES (gen_random_uuid(), $1, $2, 'x', 'light', 1, 'complete')""",
-            """INSERT INTO analyses (id, account_id, business_profile_id, username,
-                   analysis_type, credits_cost, credits_charged)
-               VALUES (gen_random_uuid(), $1, $2, 'x', 'light', 1, 0)""",
-        ):
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                async with as_tenant(conn, account.account_id):
-                    await conn.execute(statement, account.account_id, account.business_profile_id)
-    finally:
-        await conn.close()
 
 
 async def test_text_with_nul_characters_is_refused(api, new_account):

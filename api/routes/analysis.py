@@ -95,12 +95,18 @@ async def analyze(
                 code="business_profile_not_found",
                 field="business_profile_id",
             )
-        balance = await credits.balance(conn, scope.account_id)  # step 4 (fast check)
-        if balance < cost:
+        # Step 4, the fast check: what the balance can still pay once the runs accepted
+        # before this one are charged. The lock makes concurrent requests of the account
+        # count each other's promises; the charge (step 5) stays the authority.
+        await credits.lock_promises(conn, scope.account_id)
+        funds = await credits.available(conn, scope.account_id)
+        if funds.credits < cost:
             raise InsufficientCredits(
-                f"The balance of {balance} credits cannot cover {cost} for a "
-                f"{body.analysis_type} analysis.",
-                balance=balance,
+                f"The balance of {funds.balance} credits, less {funds.promised} promised to "
+                f"runs not yet started, cannot cover {cost} for a {body.analysis_type} "
+                "analysis.",
+                balance=funds.balance,
+                promised=funds.promised,
                 credits_cost=cost,
             )
         accepted_at = datetime.now(UTC)
