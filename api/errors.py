@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,31 @@ _HTTP_CODES = {
 }
 
 
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("body", "usernames", 3)` -> `usernames.3`; a parameter is named alone
+    (`("query", "status", 0)` -> `status`), a header as it is spelt (`X-Account-Id`)."""
+    if not loc:
+        return ""
+    where, *path = loc
+    if where == "header" and path:
+        return "-".join(part.capitalize() for part in str(path[0]).split("-"))  # X-Account-Id
+    if where in ("query", "path", "cookie"):
+        return str(path[0]) if path else ""
+    parts = path if where == "body" else loc
+    return ".".join(str(p) for p in parts)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path (the router names only those of the
+    first route it matched, and a path may have several routes)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -138,9 +164,7 @@ def install(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        field = ".".join(
-            str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")
-        )
+        field = _field(first.get("loc", ()))
         message = first.get("msg", "Invalid request")
         return JSONResponse(
             {
@@ -150,11 +174,7 @@ def install(app: FastAPI) -> None:
                     "request_id": request_id(request),
                     "field": field or None,
                     "errors": [
-                        {
-                            "field": ".".join(str(p) for p in e.get("loc", ())[1:]),
-                            "message": e.get("msg"),
-                        }
-                        for e in errors
+                        {"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors
                     ],
                 }
             },
@@ -175,7 +195,9 @@ def install(app: FastAPI) -> None:
             )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         response = _envelope(request, exc.status_code, code, str(exc.detail))
-        response.headers.update(exc.headers or {})  # Allow, on a 405
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     @app.exception_handler(asyncpg.PostgresConnectionError)

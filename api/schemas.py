@@ -12,19 +12,36 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.models import CostBreakdown, RunError, StepRecord
 from core.tiers import RunStatus, Step, Tier
 
-_HANDLE = re.compile(r"[a-z0-9._]{1,30}")
+# Instagram's rules: 1-30 of letters, digits, '.' and '_'; no '.' first, last or twice in a row.
+_HANDLE = re.compile(r"(?=[a-z0-9._]{1,30}\Z)[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+# The same rule as the OpenAPI schema states it, for the raw input (a leading @, any case).
+HANDLE_PATTERN = r"^@?(?=[A-Za-z0-9._]{1,30}$)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*$"
+HANDLE_MAX_LENGTH = 31
 
 T = TypeVar("T")
 
 
 def instagram_handle(value: str) -> str:
-    """`@Nat.Geo` -> `nat.geo`; letters, digits, `.` and `_`, at most 30."""
-    handle = value.strip().removeprefix("@").lower()
+    """`@Nat.Geo` -> `nat.geo`. ASCII is checked first: lower-casing some non-ASCII letters
+    gives ASCII ones (the Kelvin sign U+212A becomes `k`)."""
+    if not value.isascii():
+        raise ValueError("must be an Instagram handle: ASCII letters, digits, '.' and '_'")
+    handle = value.removeprefix("@").lower()
     if not _HANDLE.fullmatch(handle):
         raise ValueError(
-            "must be an Instagram handle: letters, digits, '.' and '_', at most 30 characters"
+            "must be an Instagram handle: 1-30 letters, digits, '.' and '_', with no '.' "
+            "at the start or end or twice in a row"
         )
     return handle
+
+
+def handle_field(description: str) -> Any:
+    """A username field whose schema states the rule `instagram_handle` applies."""
+    return Field(
+        description=description,
+        json_schema_extra={"pattern": HANDLE_PATTERN, "maxLength": HANDLE_MAX_LENGTH},
+        examples=["@natgeo"],
+    )
 
 
 class AnalyzeRequest(BaseModel):
@@ -41,7 +58,7 @@ class AnalyzeRequest(BaseModel):
         },
     )
 
-    username: str = Field(description="Instagram handle; a leading @ is ignored")
+    username: str = handle_field("Instagram handle; a leading @ is ignored, case does not matter")
     analysis_type: Tier = Field(description="light (1 credit), deep (3) or xray (5)")
     business_profile_id: UUID
 
@@ -56,6 +73,25 @@ class RunAccepted(BaseModel):
     business_profile_id: UUID
     credits_cost: int
     created_at: datetime
+    links: dict[str, str]
+
+
+class RunSummary(BaseModel):
+    """One run in the account's list."""
+
+    run_id: UUID
+    status: RunStatus
+    username: str
+    analysis_type: Tier
+    business_profile_id: UUID
+    credits_cost: int
+    credits_charged: int
+    progress: int = Field(ge=0, le=100)
+    current_step: Step | None
+    error: RunError | None
+    cancel_requested: bool
+    created_at: datetime
+    finished_at: datetime | None
     links: dict[str, str]
 
 
@@ -183,3 +219,8 @@ class HealthResponse(BaseModel):
     status: str
     version: str
     components: dict[str, ComponentHealth]
+
+
+class Liveness(BaseModel):
+    status: str
+    version: str

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,16 +38,37 @@ log = logging.getLogger("oslira.dev")
 DEMO_CREDITS = 100
 
 
+class PortTaken(Exception):
+    def __init__(self, port: int, variable: str) -> None:
+        super().__init__(
+            f"port {port} ({variable}) is already in use, perhaps by another `oslira dev`. "
+            f"Stop what listens there, or choose another port: {variable}=<port> make run"
+        )
+
+
 def run_dev() -> int:
     settings = Settings()  # the environment only: never a stale stack.env
     home = settings.oslira_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     lock = _single_instance(home)  # noqa: F841 - held for the life of the process
+    try:
+        _check_ports(settings)
+    except PortTaken as exc:
+        log.error("%s", exc)
+        return 1
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    started = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+        if not started:  # abort start-up at once; `finally` stops what was started
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    parent = ParentWatch.of_make()
     env: dict[str, str] = {"OSLIRA_HOME": str(home)}
     pg_server = None
     try:
@@ -96,13 +118,14 @@ def run_dev() -> int:
             if settings.jwt_secret is not None
             else _persistent_secret(home / "jwt_secret")
         )
-        _write_stack_env(home, env)
-        full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
-
-        applied = asyncio.run(migrate(full.require_database_url()))
-        asyncio.run(set_role_passwords(full))
+        applied = asyncio.run(migrate(env["DATABASE_URL"]))
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        if "task_queue" not in settings.model_fields_set:
+            env["TASK_QUEUE"] = asyncio.run(_stack_task_queue(settings, env["DATABASE_URL"]))
+        _write_stack_env(home, env)
+        full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
+        asyncio.run(set_role_passwords(full))
         demo = _demo_account(full, home / "demo.json")
 
         workers = settings.worker_processes or os.cpu_count() or 1
@@ -114,32 +137,130 @@ def run_dev() -> int:
         children.append(("api", stack.spawn(stack.oslira_command("api"), env, home / "api.log")))
         stack.wait_for_port(settings.api_host, settings.api_port, 30, children[-1][1])
         _banner(full, settings, demo, home)
+        started = True
 
         reported: set[str] = set()
         while not stopping.wait(0.5):
+            if parent is not None and parent.stopping():
+                log.info("make was stopped")
+                break
             for name, proc in children:
                 if proc.poll() is not None and name not in reported:
                     reported.add(name)
                     log.warning(
-                        "%s exited with %s; see %s/%s.log. Restart it alone with "
-                        "`.venv/bin/oslira %s` in another shell (it reads %s).",
+                        "%s exited with %s; see %s. %s",
                         name,
                         proc.returncode,
-                        home,
-                        name,
-                        name,
-                        stack_env_path(home),
+                        home / f"{name}.log",
+                        _restart_hint(name, home),
                     )
         log.info("stopping")
         return 0
     except KeyboardInterrupt:
         return 130
     finally:
-        for _name, proc in reversed(children):
-            stack.stop(proc)
+        _stop_all(children)
         stack_env_path(home).unlink(missing_ok=True)
         if pg_server is not None:
             pg_server.cleanup()  # type: ignore[attr-defined]
+        log.info("stopped")
+
+
+def _check_ports(settings: Settings) -> None:
+    """Every port this stack would listen on must be free before anything starts: a taken
+    port means another stack, whose server this one would otherwise talk to."""
+    wanted = [
+        (
+            "127.0.0.1" if settings.api_host == "localhost" else settings.api_host,
+            settings.api_port,
+            "API_PORT",
+        )
+    ]
+    if settings.temporal_address is None:
+        wanted += [
+            ("127.0.0.1", settings.temporal_port, "TEMPORAL_PORT"),
+            ("127.0.0.1", settings.temporal_ui_port, "TEMPORAL_UI_PORT"),
+        ]
+    if settings.apify_token is None or settings.openai_api_key is None:
+        wanted.append(("127.0.0.1", settings.sim_port, "SIM_PORT"))
+    for host, port, variable in wanted:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise PortTaken(port, variable) from exc
+
+
+async def _stack_task_queue(settings: Settings, database_url: str) -> str:
+    """The task queue named after this database, so that workers of a stack with another
+    database never take this stack's work, even on a shared Temporal server."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        installation = await conn.fetchval("SELECT id FROM installation")
+    finally:
+        await conn.close()
+    return f"{settings.task_queue}-{installation.hex[:12]}"
+
+
+def _stop_all(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """Stops the API, workers and simulators together, then Temporal: well within 15 s."""
+    apps = [proc for name, proc in children if name != "temporal"]
+    stack.stop_all(apps, timeout=9)
+    stack.stop_all([proc for name, proc in children if name == "temporal"], timeout=3)
+
+
+def _restart_hint(name: str, home: Path) -> str:
+    command = {"api": "api", "simulators": "simulate"}.get(
+        name, "worker" if name.startswith("worker") else None
+    )
+    if command is None:
+        return "Stop this stack (Ctrl-C) and start it again."
+    return (
+        f"Start it again alone with `.venv/bin/oslira {command}` in another shell "
+        f"(it reads {stack_env_path(home)})."
+    )
+
+
+class ParentWatch:
+    """Notices that the `make` which started this process is being stopped.
+
+    GNU make forwards SIGTERM to its children, but on SIGINT it only waits for them (it
+    expects the terminal to have signalled the whole process group), so `kill -INT <make>`
+    alone would leave the stack running under a make that never returns. When a fatal
+    signal arrives, make restores that signal's default action before waiting: the signal
+    drops out of the set it catches (SigCgt in /proc), which is what this watches, along
+    with make itself going away.
+    """
+
+    FATAL = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.caught = self._caught()
+
+    @classmethod
+    def of_make(cls) -> ParentWatch | None:
+        parent = os.getppid()
+        try:
+            name = Path(f"/proc/{parent}/comm").read_text().strip()
+        except OSError:  # not Linux: rely on make forwarding SIGTERM
+            return None
+        return cls(parent) if name in ("make", "gmake") else None
+
+    def _caught(self) -> set[int]:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return set()
+        mask = int(
+            next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16
+        )
+        return {sig for sig in self.FATAL if mask & (1 << (sig - 1))}
+
+    def stopping(self) -> bool:
+        if os.getppid() != self.pid:
+            return True  # make is gone
+        return bool(self.caught - self._caught())
 
 
 async def _register_search_attributes(settings: Settings) -> None:
@@ -209,13 +330,6 @@ def _banner(settings: Settings, dev: Settings, demo: dict[str, str], home: Path)
         if dev.temporal_address is None
         else "(your Temporal server's UI)"
     )
-    body = json.dumps(
-        {
-            "username": "natgeo",
-            "analysis_type": "light",
-            "business_profile_id": demo["business_profile_id"],
-        }
-    )
     print(
         f"""
 Oslira is running.
@@ -223,14 +337,10 @@ Oslira is running.
   Temporal UI  {ui}
   State        {home}   (logs: *.log)
 
-Demo account {demo["account_id"]} ({DEMO_CREDITS} credits at creation). Bearer token (30 days):
-  export TOKEN={token}
-
-Start an analysis:
-  curl -s -X POST {api}/api/leads/analyze -H "Authorization: Bearer $TOKEN" \\
-       -H 'Content-Type: application/json' -d '{body}'
-Then follow it:
-  curl -s {api}/api/analysis/<run_id>/progress -H "Authorization: Bearer $TOKEN"
+Demo account {demo["account_id"]} ({DEMO_CREDITS} credits at creation). In another shell, paste:
+  export OSLIRA_API={api} BUSINESS_PROFILE_ID={demo["business_profile_id"]} TOKEN={token}
+then the commands under "Try it" in README.md, for example:
+  curl -s "$OSLIRA_API/api/credits/balance" -H "Authorization: Bearer $TOKEN"
 
 Usernames starting with notfound, private, flaky or slow show the failure paths.
 Press Ctrl-C to stop.

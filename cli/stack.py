@@ -5,6 +5,7 @@ child processes. `oslira dev`, the test suite and the benchmark all start them f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -168,14 +169,32 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_all([proc], timeout)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM to each child's process group at once, SIGKILL to what is left at the
+    deadline: stopping takes at most `timeout` whatever the number of children."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Children run in sessions of their own (see spawn): signal the whole group, so what
+    they started themselves stops too."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
 
 
 def oslira_command(*args: str) -> list[str]:

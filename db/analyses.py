@@ -72,6 +72,32 @@ async def get(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM analyses WHERE id = $1", run_id)
 
 
+async def page(
+    conn: Connection,
+    *,
+    statuses: list[str] | None,
+    username: str | None,
+    analysis_type: str | None,
+    business_profile_id: UUID | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[asyncpg.Record]]:
+    """The tenant's runs, newest first; row level security scopes them to the account."""
+    where = """($1::text[] IS NULL OR status = ANY($1)) AND ($2::text IS NULL OR username = $2)
+        AND ($3::text IS NULL OR analysis_type = $3)
+        AND ($4::uuid IS NULL OR business_profile_id = $4)"""
+    filters = (statuses, username, analysis_type, business_profile_id)
+    total = await conn.fetchval(f"SELECT count(*) FROM analyses WHERE {where}", *filters)
+    rows = await conn.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM analyses WHERE {where}
+            ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6""",
+        *filters,
+        limit,
+        offset,
+    )
+    return int(total), rows
+
+
 async def find_in_flight(
     conn: Connection, account_id: UUID, business_profile_id: UUID, username: str
 ) -> UUID | None:

@@ -62,6 +62,12 @@ async def test_requests_without_a_valid_token_answer_401(api, new_account, setti
         ({"username": "x" * 31, "analysis_type": "light"}, "username"),
         ({"username": "@", "analysis_type": "light"}, "username"),
         ({"username": "émilie", "analysis_type": "light"}, "username"),
+        ({"username": "..", "analysis_type": "light"}, "username"),
+        ({"username": ".natgeo", "analysis_type": "light"}, "username"),
+        ({"username": "natgeo.", "analysis_type": "light"}, "username"),
+        ({"username": "nat..geo", "analysis_type": "light"}, "username"),
+        ({"username": "\u212aelvin", "analysis_type": "light"}, "username"),  # Kelvin sign
+        ({"username": " natgeo", "analysis_type": "light"}, "username"),
         ({"username": "fine", "analysis_type": "ultra"}, "analysis_type"),
         ({"analysis_type": "light"}, "username"),
         (
@@ -85,7 +91,7 @@ async def test_invalid_analyze_request_names_the_field_and_changes_nothing(
 
 async def test_username_is_normalised(api, new_account):
     account = await new_account()
-    response = await start(api, account, "  @Nat.Geo_1 ", "light")
+    response = await start(api, account, "@Nat.Geo_1", "light")
     assert response.status_code == 202
     assert response.json()["username"] == "nat.geo_1"
     await wait_for(api, account, response.json()["run_id"])
@@ -192,3 +198,79 @@ async def test_openapi_documents_every_endpoint_with_its_errors(api):
     analyze = spec["paths"]["/api/leads/analyze"]["post"]
     assert "examples" in str(spec["components"]["schemas"]["AnalyzeRequest"])
     assert any(p["name"] == "idempotency-key" for p in analyze["parameters"])
+
+
+async def test_runs_are_listed_newest_first_with_filters_and_pages(api, new_account):
+    account, stranger = await new_account(credits_granted=20), await new_account()
+    other_profile = (
+        await api.post("/api/business-profiles", json={"name": "Second"}, headers=account.headers)
+    ).json()["id"]
+    tag = uuid4().hex[:6]
+    first = await start_ok(api, account, f"first_{tag}", "light")
+    second = await start_ok(api, account, f"notfound_{tag}", "deep")
+    third = (
+        await api.post(
+            "/api/leads/analyze",
+            json={
+                "username": f"@Third_{tag}",
+                "analysis_type": "light",
+                "business_profile_id": other_profile,
+            },
+            headers=account.headers,
+        )
+    ).json()["run_id"]
+    for run_id in (first, second, third):
+        await wait_for(api, account, run_id)
+    await start_ok(api, stranger, f"first_{tag}", "light")
+
+    async def listed(query: str = "") -> dict:
+        response = await api.get(f"/api/analysis{query}", headers=account.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    everything = await listed()
+    assert everything["total"] == 3
+    assert [r["run_id"] for r in everything["data"]] == [third, second, first]
+    assert everything["data"][1]["error"]["code"] == "profile_not_found"
+    assert everything["data"][0]["links"]["result"] == f"/api/analysis/{third}/result"
+
+    assert [r["run_id"] for r in (await listed("?status=failed"))["data"]] == [second]
+    both = await listed("?status=failed&status=complete")
+    assert both["total"] == 3
+    assert [r["run_id"] for r in (await listed("?analysis_type=deep"))["data"]] == [second]
+    by_name = await listed(f"?username=@THIRD_{tag}")
+    assert [r["run_id"] for r in by_name["data"]] == [third]
+    by_profile = await listed(f"?business_profile_id={other_profile}")
+    assert [r["run_id"] for r in by_profile["data"]] == [third]
+    page = await listed("?page=2&page_size=2")
+    assert (page["total"], [r["run_id"] for r in page["data"]]) == (3, [first])
+
+    for query, field in [
+        ("?status=done", "status"),
+        ("?username=a..b", "username"),
+        ("?analysis_type=ultra", "analysis_type"),
+        ("?business_profile_id=nope", "business_profile_id"),
+        ("?page_size=1000", "page_size"),
+    ]:
+        response = await api.get(f"/api/analysis{query}", headers=account.headers)
+        assert response.status_code == 422, query
+        assert response.json()["error"]["field"] == field, query
+
+
+async def test_health_answers_head_and_has_live_and_ready_probes(api):
+    for path in ("/health", "/health/ready", "/health/live"):
+        head = await api.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b""
+        assert (await api.get(path)).json()["status"] == "ok"
+    refused = await api.post("/health")
+    assert refused.status_code == 405
+    assert set(refused.headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+    assert refused.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_method_not_allowed_names_every_method_of_the_path(api, new_account):
+    account = await new_account()
+    response = await api.delete("/api/business-profiles", headers=account.headers)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST"

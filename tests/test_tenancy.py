@@ -87,3 +87,12 @@ async def test_tenant_scoped_connection_cannot_read_other_accounts_rows(api, new
                 assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
     finally:
         await conn.close()
+
+
+async def test_x_account_id_that_is_not_an_id_answers_422(api, new_account):
+    me = await new_account()
+    response = await api.get(
+        "/api/credits/balance", headers=me.headers | {"X-Account-Id": "not-an-id"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "X-Account-Id"

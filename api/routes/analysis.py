@@ -10,7 +10,8 @@ from typing import Annotated
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
+from pydantic import AfterValidator
 from temporalio.client import WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -18,17 +19,23 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, Temporal, Tenant
 from api.errors import Conflict, InsufficientCredits, Invalid, NotFound, Unavailable, responses
+from api.pagination import Paging
 from api.schemas import (
+    HANDLE_MAX_LENGTH,
+    HANDLE_PATTERN,
     AnalyzeRequest,
     CancelResponse,
     LeadOut,
+    Page,
     ProgressResponse,
     ResultResponse,
     RunAccepted,
+    RunSummary,
+    instagram_handle,
 )
 from core.models import AnalysisInput, Progress, RunError, StepRecord
 from core.temporal import workflow_id
-from core.tiers import API_STEPS, RunStatus, Step
+from core.tiers import API_STEPS, RunStatus, Step, Tier
 from db import analyses, business_profiles, credits, leads
 from db.pool import Connection
 from workflows.analysis import ACCOUNT_ID, ANALYSIS_TYPE, RUN_STATUS, USERNAME, AnalysisWorkflow
@@ -189,6 +196,68 @@ async def analyze(
     return _accepted(row)
 
 
+@router.get(
+    "/api/analysis",
+    response_model=Page[RunSummary],
+    summary="The account's runs, newest first, filtered and paged",
+    responses=responses(401, 403, 422),
+)
+async def list_runs(
+    scope: Tenant,
+    paging: Paging,
+    run_status: Annotated[
+        list[RunStatus] | None,
+        Query(alias="status", description="Repeat for several: `?status=failed&status=cancelled`"),
+    ] = None,
+    username: Annotated[
+        str | None,
+        AfterValidator(instagram_handle),
+        Query(
+            description="A handle, normalised as when starting a run (`@NatGeo` = `natgeo`)",
+            json_schema_extra={"pattern": HANDLE_PATTERN, "maxLength": HANDLE_MAX_LENGTH},
+        ),
+    ] = None,
+    analysis_type: Annotated[Tier | None, Query()] = None,
+    business_profile_id: Annotated[UUID | None, Query()] = None,
+) -> Page[RunSummary]:
+    async with scope.transaction() as conn:
+        total, rows = await analyses.page(
+            conn,
+            statuses=[s.value for s in run_status] if run_status else None,
+            username=username,
+            analysis_type=analysis_type.value if analysis_type else None,
+            business_profile_id=business_profile_id,
+            limit=paging.page_size,
+            offset=paging.offset,
+        )
+    return paging.of(total, [_summary(row) for row in rows])
+
+
+def _summary(row: asyncpg.Record) -> RunSummary:
+    return RunSummary(
+        run_id=row["id"],
+        status=row["status"],
+        username=row["username"],
+        analysis_type=row["analysis_type"],
+        business_profile_id=row["business_profile_id"],
+        credits_cost=row["credits_cost"],
+        credits_charged=row["credits_charged"],
+        progress=row["progress"],
+        current_step=row["current_step"],
+        error=_error(row),
+        cancel_requested=row["cancel_requested_at"] is not None,
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        links=_links(row["id"]),
+    )
+
+
+def _error(row: asyncpg.Record) -> RunError | None:
+    if not row["error_code"]:
+        return None
+    return RunError(code=row["error_code"], message=row["error_message"] or "")
+
+
 async def _replay(
     conn: Connection, account_id: UUID, key: str, request_hash: str
 ) -> RunAccepted | None:
@@ -213,18 +282,13 @@ async def _run(scope: Tenant, run_id: UUID) -> asyncpg.Record:
 
 
 def _progress_from_row(row: asyncpg.Record) -> ProgressResponse:
-    error = (
-        RunError(code=row["error_code"], message=row["error_message"] or "")
-        if row["error_code"]
-        else None
-    )
     return ProgressResponse(
         run_id=row["id"],
         status=row["status"],
         progress=row["progress"],
         current_step=row["current_step"],
         steps=analyses.steps_from_json(row["steps"]),
-        error=error,
+        error=_error(row),
         cancel_requested=row["cancel_requested_at"] is not None,
         source="database",
     )

@@ -11,7 +11,7 @@ from importlib.metadata import version
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.schemas import ComponentHealth, HealthResponse
+from api.schemas import ComponentHealth, HealthResponse, Liveness
 
 router = APIRouter(tags=["health"])
 
@@ -27,13 +27,55 @@ async def _timed(check: Awaitable[object]) -> ComponentHealth:
     return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
+_DOWN = {503: {"model": HealthResponse, "description": "A component is down"}}
+
+
 @router.get(
     "/health",
     response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "A component is down"}},
+    responses=_DOWN,
     summary="Database and Temporal status, and the version",
 )
+@router.head(
+    "/health",
+    operation_id="health_head",
+    response_model=HealthResponse,
+    responses=_DOWN,
+    summary="The same check, without a body (load balancers)",
+)
 async def health(request: Request) -> JSONResponse:
+    return await _report(request)
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthResponse,
+    responses=_DOWN,
+    summary="Ready to serve: the database and Temporal answer",
+)
+@router.head(
+    "/health/ready",
+    operation_id="ready_head",
+    response_model=HealthResponse,
+    responses=_DOWN,
+    summary="Readiness without a body",
+)
+async def ready(request: Request) -> JSONResponse:
+    return await _report(request)
+
+
+@router.get("/health/live", response_model=Liveness, summary="The process is up (checks nothing)")
+@router.head(
+    "/health/live",
+    operation_id="live_head",
+    response_model=Liveness,
+    summary="Liveness without a body",
+)
+async def live() -> Liveness:
+    return Liveness(status="ok", version=version("oslira"))
+
+
+async def _report(request: Request) -> JSONResponse:
     pool = request.app.state.pool
     temporal = request.app.state.temporal
     database, workflow_engine = await asyncio.gather(
