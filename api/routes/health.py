@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable
 from datetime import timedelta
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -27,7 +28,9 @@ async def _timed(check: Awaitable[object]) -> ComponentHealth:
     return ComponentHealth(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-_DOWN = {503: {"model": HealthResponse, "description": "A component is down"}}
+_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthResponse, "description": "A component is down"}
+}
 
 
 @router.get(
