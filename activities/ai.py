@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.common import done_since, now, provider_call
-from core.errors import ErrorCode, business_error
+from activities.common import done_since, expected, now, provider_call
+from core.errors import ErrorCode, business_error, provider_failure
 from core.models import AIInput, AIOutput
 from core.settings import Settings
 from core.tiers import Step
@@ -30,9 +29,9 @@ class AIActivities:
                     input.part, self._settings.model_for(input.tier), input.business, input.profile
                 )
         except AIRejectedError as exc:
-            raise business_error(ErrorCode.ai_failed, str(exc)) from exc
+            raise expected(business_error(ErrorCode.ai_failed, str(exc))) from exc
         except AIUnavailableError as exc:
-            raise ApplicationError(str(exc), type="AIFailed") from exc
+            raise expected(provider_failure(ErrorCode.ai_failed, str(exc))) from exc
         return AIOutput(
             done=done_since(started), part=input.part, fields=parsed.model_dump(), usage=usage
         )

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from core.models import StepDone, StepRecord
 from core.tiers import Step
@@ -20,6 +21,21 @@ log = logging.getLogger(__name__)
 
 RECORD_RUNNING_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
+
+
+def expected(error: ApplicationError) -> ApplicationError:
+    """Logs an expected outcome (a business failure, a provider's failure that will be
+    retried) in one line carrying the run, and returns it to be raised."""
+    if error.non_retryable:
+        activity.logger.info("%s: %s", error.type, error.message)
+    else:
+        activity.logger.warning(
+            "%s: %s (attempt %d; retried by the step's policy)",
+            error.type,
+            error.message,
+            activity.info().attempt,
+        )
+    return error
 
 
 def now() -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, now, record
+from activities.common import done_since, expected, now, record
 from core.errors import ErrorCode, business_error
 from core.models import BusinessContext, ChargeInput, ChargeOutput, FinishInput, FinishOutput
 from core.tiers import IN_FLIGHT, RunStatus, Step
@@ -27,22 +27,29 @@ class CreditActivities:
         async with self._pool.acquire() as conn, conn.transaction():
             run = await analyses.lock(conn, input.run_id)
             if run is None:
-                raise business_error(ErrorCode.invalid_input, f"run {input.run_id} does not exist")
+                raise expected(
+                    business_error(ErrorCode.invalid_input, f"run {input.run_id} does not exist")
+                )
             if run["status"] not in IN_FLIGHT or run["cancel_requested_at"] is not None:
-                raise business_error(ErrorCode.run_cancelled, "the run was cancelled")
+                raise expected(business_error(ErrorCode.run_cancelled, "the run was cancelled"))
             business = await business_profiles.get_live(conn, input.business_profile_id)
             if business is None or business["account_id"] != input.account_id:
-                raise business_error(
-                    ErrorCode.business_profile_not_found, "the business profile no longer exists"
+                raise expected(
+                    business_error(
+                        ErrorCode.business_profile_not_found,
+                        "the business profile no longer exists",
+                    )
                 )
             try:
                 movement = await credits.charge_run(
                     conn, account_id=input.account_id, run_id=input.run_id, cost=input.credits_cost
                 )
             except credits.InsufficientCreditsError as exc:
-                raise business_error(
-                    ErrorCode.insufficient_credits,
-                    f"the balance of {exc.balance} credits cannot cover {exc.cost}",
+                raise expected(
+                    business_error(
+                        ErrorCode.insufficient_credits,
+                        f"the balance of {exc.balance} credits cannot cover {exc.cost}",
+                    )
                 ) from exc
             done = done_since(started)
             await analyses.record_step(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, now, record
+from activities.common import done_since, expected, now, record
 from core.errors import ErrorCode, business_error
 from core.models import SaveResultInput, SaveResultOutput, StepRecord
 from core.tiers import IN_FLIGHT, Step
@@ -27,7 +27,7 @@ class ResultActivities:
         async with self._pool.acquire() as conn, conn.transaction():
             run = await analyses.lock(conn, input.run_id)
             if run is None or run["status"] not in IN_FLIGHT or run["cancel_requested_at"]:
-                raise business_error(ErrorCode.run_cancelled, "the run was cancelled")
+                raise expected(business_error(ErrorCode.run_cancelled, "the run was cancelled"))
             score = input.analysis.get("score")
             lead_id = await leads.upsert(
                 conn,

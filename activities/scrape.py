@@ -11,10 +11,9 @@ import logging
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.common import done_since, now, provider_call, record
-from core.errors import ErrorCode, business_error
+from activities.common import done_since, expected, now, provider_call, record
+from core.errors import ErrorCode, business_error, provider_failure
 from core.models import ScrapeInput, ScrapeOutput, StepRecord
 from core.settings import Settings
 from core.tiers import Step
@@ -47,13 +46,13 @@ class ScrapeActivities:
             async with provider_call(self._pool, input.run_id, Step.scrape_profile, started):
                 profile = await self._scraper.scrape(input.username)
         except ProfileNotFoundError as exc:
-            raise business_error(ErrorCode.profile_not_found, str(exc)) from exc
+            raise expected(business_error(ErrorCode.profile_not_found, str(exc))) from exc
         except PrivateProfileError as exc:
-            raise business_error(ErrorCode.profile_private, str(exc)) from exc
+            raise expected(business_error(ErrorCode.profile_private, str(exc))) from exc
         except ScrapeRejectedError as exc:
-            raise business_error(ErrorCode.scrape_failed, str(exc)) from exc
+            raise expected(business_error(ErrorCode.scrape_failed, str(exc))) from exc
         except ScrapeUnavailableError as exc:
-            raise ApplicationError(str(exc), type="ScrapeFailed") from exc
+            raise expected(provider_failure(ErrorCode.scrape_failed, str(exc))) from exc
         scraped = done_since(started)
 
         try:

@@ -185,6 +185,8 @@ def _check_ports(settings: Settings) -> None:
         wanted.append(("127.0.0.1", settings.sim_port, "SIM_PORT"))
     for host, port, variable in wanted:
         with socket.socket() as probe:
+            # As the servers bind: a port whose last connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:

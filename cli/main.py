@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from typing import Annotated
 
@@ -25,12 +24,9 @@ app.add_typer(credits_app, name="credits")
 
 
 def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("pgserver", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from core import logs
+
+    logs.configure(verbose)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 
 class ErrorCode(StrEnum):
@@ -38,8 +38,24 @@ _CODE_TO_TYPE = {code: type_ for type_, code in _TYPE_TO_CODE.items()}
 
 
 def business_error(code: ErrorCode, message: str) -> ApplicationError:
-    """A failure that no retry can fix."""
-    return ApplicationError(message, type=_CODE_TO_TYPE[code], non_retryable=True)
+    """A failure that no retry can fix.
+
+    Benign: an expected outcome, which the SDK logs at DEBUG rather than as a WARNING with a
+    traceback; the activity that raises it logs one line of its own (activities.common).
+    """
+    return ApplicationError(
+        message,
+        type=_CODE_TO_TYPE[code],
+        non_retryable=True,
+        category=ApplicationErrorCategory.BENIGN,
+    )
+
+
+def provider_failure(code: ErrorCode, message: str) -> ApplicationError:
+    """A provider's failure that may pass (5xx, 429, timeout): the step's policy retries it."""
+    return ApplicationError(
+        message, type=_CODE_TO_TYPE[code], category=ApplicationErrorCategory.BENIGN
+    )
 
 
 def code_for_type(error_type: str | None) -> ErrorCode:
