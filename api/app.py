@@ -10,7 +10,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors
+from api import errors, openapi
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import analysis, business_profiles, credits, health
 from core import temporal
@@ -59,8 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=version("oslira"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Operation ids are the route functions' names: stable, readable in generated clients.
+        generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
+    openapi.install(app)
 
     # The last added runs first: the request id exists before the gate answers.
     app.add_middleware(RequestGateMiddleware, settings=settings)

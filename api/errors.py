@@ -79,19 +79,64 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer."""
-    descriptions = {
-        401: "Missing, expired or invalid bearer token",
-        402: "Not enough credits",
-        403: "Not a member of the account",
-        404: "Not found (or belongs to another account)",
-        409: "Conflict with the resource's current state",
-        413: "The body is larger than the limit (MAX_REQUEST_BYTES)",
-        422: "Invalid input; `field` names the field at fault",
-        503: "A backing service (database, Temporal) is unavailable",
+# What each error status means, and the answer a client most often sees with it.
+ERROR_STATUSES: dict[int, tuple[str, str, str]] = {
+    401: ("Missing, expired or invalid bearer token", "unauthorized", "The token has expired."),
+    402: (
+        "Not enough credits",
+        "insufficient_credits",
+        "The balance of 0 credits, less 0 promised to runs not yet started, cannot cover 1 "
+        "for a light analysis.",
+    ),
+    403: ("Not a member of the account", "forbidden", "You are not a member of this account."),
+    404: ("Not found (or belongs to another account)", "not_found", "Not found."),
+    409: ("Conflict with the resource's current state", "conflict", "Conflict."),
+    413: (
+        "The body is larger than the limit (MAX_REQUEST_BYTES, 1 MiB by default)",
+        "request_too_large",
+        "The body is larger than 1048576 bytes.",
+    ),
+    422: (
+        "Invalid input; `field` names the field at fault",
+        "validation_error",
+        "X-Account-Id: Input should be a valid UUID",
+    ),
+    503: (
+        "A backing service (database, Temporal) is unavailable; retry shortly",
+        "service_unavailable",
+        "The database is unavailable; retry shortly.",
+    ),
+}
+
+
+def error_example(
+    http_status: int, code: str | None = None, message: str | None = None, /, **extra: Any
+) -> dict[str, Any]:
+    """An error body as the API answers it, for the OpenAPI document."""
+    _, default_code, default_message = ERROR_STATUSES[http_status]
+    body = {
+        "code": code or default_code,
+        "message": message or default_message,
+        "request_id": "4f1c8a0e6f9b4d7c9a1e2b3c4d5e6f70",
     }
-    return {c: {"model": ErrorResponse, "description": descriptions[c]} for c in codes}
+    if http_status == 422 and "field" not in extra:
+        extra["field"] = "X-Account-Id"
+    return {"error": body | extra}
+
+
+def error_entry(status: int, example: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response entry for an error status, with an example body."""
+    return {
+        "model": ErrorResponse,
+        "description": ERROR_STATUSES[status][0],
+        "content": {"application/json": {"example": example or error_example(status)}},
+    }
+
+
+def responses(*codes: int, **examples: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer; `examples` gives a route's
+    own example per status (`e404=error_example(404, "run_not_found", ...)`)."""
+    return {c: error_entry(c, examples.get(f"e{c}")) for c in codes}
 
 
 def error_response(

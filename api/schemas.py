@@ -9,6 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api import examples
 from core.models import CostBreakdown, RunError, StepRecord
 from core.tiers import RunStatus, Step, Tier
 
@@ -51,8 +52,8 @@ class AnalyzeRequest(BaseModel):
             "examples": [
                 {
                     "username": "@natgeo",
-                    "analysis_type": "light",
-                    "business_profile_id": "1f0c3a52-8c1e-4d3a-9d55-0b4f6a1e2c77",
+                    "analysis_type": "deep",
+                    "business_profile_id": examples.PROFILE_ID,
                 }
             ]
         },
@@ -66,6 +67,8 @@ class AnalyzeRequest(BaseModel):
 
 
 class RunAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN_ACCEPTED]})
+
     run_id: UUID
     status: RunStatus
     username: str
@@ -78,6 +81,8 @@ class RunAccepted(BaseModel):
 
 class RunSummary(BaseModel):
     """One run in the account's list."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN_SUMMARY]})
 
     run_id: UUID
     status: RunStatus
@@ -96,6 +101,8 @@ class RunSummary(BaseModel):
 
 
 class ProgressResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.PROGRESS]})
+
     run_id: UUID
     status: RunStatus
     progress: int = Field(ge=0, le=100)
@@ -107,12 +114,16 @@ class ProgressResponse(BaseModel):
 
 
 class CancelResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.CANCELLED]})
+
     run_id: UUID
     status: RunStatus
     cancel_requested: bool = True
 
 
 class LeadOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LEAD]})
+
     id: UUID
     username: str
     full_name: str
@@ -130,6 +141,8 @@ class LeadOut(BaseModel):
 
 
 class ResultResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RESULT]})
+
     run_id: UUID
     status: RunStatus
     username: str
@@ -149,11 +162,15 @@ class ResultResponse(BaseModel):
 
 
 class BalanceResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BALANCE]})
+
     account_id: UUID
     balance: int
 
 
 class LedgerEntry(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LEDGER_ENTRY]})
+
     id: int
     delta: int
     balance_after: int
@@ -165,31 +182,26 @@ class LedgerEntry(BaseModel):
 
 
 class Page(BaseModel, Generic[T]):
-    page: int
-    page_size: int
-    total: int
+    page: int = Field(examples=[1])
+    page_size: int = Field(examples=[50])
+    total: int = Field(description="Items across all pages", examples=[1])
     data: list[T]
+
+
+# PostgreSQL text cannot hold NUL: the schema says so, and the validator below refuses it.
+NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 
 
 class BusinessProfileIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Acme Fitness",
-                    "description": "Boutique gym chain in Lisbon",
-                    "offering": "Personal training packages and brand partnerships",
-                    "target_audience": "Fitness creators with 10k-500k followers",
-                }
-            ]
-        },
+        json_schema_extra={"examples": [examples.BUSINESS_PROFILE_IN]},
     )
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=4000)
-    offering: str = Field(default="", max_length=4000)
-    target_audience: str = Field(default="", max_length=4000)
+    name: str = Field(min_length=1, max_length=200, json_schema_extra=NO_NUL)
+    description: str = Field(default="", max_length=4000, json_schema_extra=NO_NUL)
+    offering: str = Field(default="", max_length=4000, json_schema_extra=NO_NUL)
+    target_audience: str = Field(default="", max_length=4000, json_schema_extra=NO_NUL)
 
     @field_validator("name", "description", "offering", "target_audience")
     @classmethod
@@ -200,6 +212,8 @@ class BusinessProfileIn(BaseModel):
 
 
 class BusinessProfileOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BUSINESS_PROFILE]})
+
     id: UUID
     name: str
     description: str
@@ -216,11 +230,15 @@ class ComponentHealth(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.HEALTH]})
+
     status: str
     version: str
     components: dict[str, ComponentHealth]
 
 
 class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LIVENESS]})
+
     status: str
     version: str

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
 
+from cli import stack
 from core.settings import Settings
 from tests.conftest import Account
 
@@ -132,3 +138,42 @@ def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
         "JWT_SECRET": settings.jwt_secret.get_secret_value(),
         **extra,
     }
+
+
+@dataclass
+class ApiProcess:
+    """`oslira api` running as a real uvicorn process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def connect(self) -> socket.socket:
+        conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+
+@contextmanager
+def running_api(settings: Settings, **env: str) -> Iterator[ApiProcess]:
+    with tempfile.TemporaryDirectory() as home:
+        port = stack.free_port()
+        log = Path(home) / "api.log"
+        proc = stack.spawn(
+            stack.oslira_command("api"), process_env(settings, home, API_PORT=str(port), **env), log
+        )
+        try:
+            stack.wait_for_port("127.0.0.1", port, 30, proc)
+            yield ApiProcess(proc, port, log)
+        finally:
+            stack.stop(proc)

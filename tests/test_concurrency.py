@@ -102,7 +102,7 @@ async def test_idempotency_key_returns_the_same_run(api, new_account, system_poo
     assert await ledger_for_run(system_pool, first.json()["run_id"]) == [("charge", -1)]
 
     reused = await start(api, account, f"other_{uuid4().hex[:6]}", "light", headers=key)
-    assert reused.status_code == 422
+    assert reused.status_code == 409
     assert reused.json()["error"]["code"] == "idempotency_key_reused"
     assert reused.json()["error"]["field"] == "Idempotency-Key"
     assert await balance(api, account) == 4

@@ -14,22 +14,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 from cli import stack
 from core.auth import mint_token
-from tests.helpers import process_env
+from tests.helpers import ApiProcess, process_env, running_api
 
 MIB = 1024 * 1024
-
-
-def _spawn_api(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return stack.spawn(stack.oslira_command("api"), env, log)
 
 
 @pytest.mark.parametrize(
@@ -55,35 +49,10 @@ def test_standalone_api_refuses_to_start_without_a_real_secret(settings, secret,
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # it never listened
 
 
-@dataclass
-class ApiProcess:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def connect(self) -> socket.socket:
-        conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
-
 @pytest.fixture(scope="module")
 def api_process(settings) -> Iterator[ApiProcess]:
-    with tempfile.TemporaryDirectory() as home:
-        port = stack.free_port()
-        log = Path(home) / "api.log"
-        proc = _spawn_api(process_env(settings, home, API_PORT=str(port)), log)
-        try:
-            stack.wait_for_port("127.0.0.1", port, 30, proc)
-            yield ApiProcess(proc, port, log)
-        finally:
-            stack.stop(proc)
+    with running_api(settings) as api:
+        yield api
 
 
 def _head(path: str, headers: dict[str, str]) -> bytes:

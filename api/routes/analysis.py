@@ -10,15 +10,23 @@ from typing import Annotated
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Header, Path, Query, Request, status
 from pydantic import AfterValidator
 from temporalio.client import WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import examples
 from api.deps import SettingsDep, Temporal, Tenant
-from api.errors import Conflict, InsufficientCredits, Invalid, NotFound, Unavailable, responses
+from api.errors import (
+    Conflict,
+    InsufficientCredits,
+    NotFound,
+    Unavailable,
+    error_example,
+    responses,
+)
 from api.pagination import Paging
 from api.schemas import (
     HANDLE_MAX_LENGTH,
@@ -42,6 +50,20 @@ from workflows.analysis import ACCOUNT_ID, ANALYSIS_TYPE, RUN_STATUS, USERNAME, 
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["analysis"])
+
+RunId = Annotated[
+    UUID, Path(description="The run's id, from POST /api/leads/analyze", examples=[examples.RUN_ID])
+]
+_RUN_NOT_FOUND = error_example(404, "run_not_found", "No such analysis run.")
+# OpenAPI links: where the run id a 202 answers with can be used next.
+_RUN_LINKS = {
+    name: {"operationId": operation, "parameters": {"run_id": "$response.body#/run_id"}}
+    for name, operation in (
+        ("progress", "get_progress"),
+        ("result", "get_result"),
+        ("cancel", "cancel_run"),
+    )
+}
 
 
 def _links(run_id: UUID) -> dict[str, str]:
@@ -74,9 +96,32 @@ def _request_hash(body: AnalyzeRequest) -> str:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RunAccepted,
     summary="Start an analysis of one Instagram account",
-    responses=responses(401, 402, 403, 404, 409, 422, 503),
+    responses={
+        202: {"links": _RUN_LINKS},
+        **responses(
+            402,
+            404,
+            409,
+            422,
+            e404=error_example(
+                404,
+                "business_profile_not_found",
+                "No such business profile.",
+                field="business_profile_id",
+            ),
+            e409=error_example(
+                409,
+                "analysis_in_progress",
+                "@natgeo is already being analysed for this business profile.",
+                run_id=examples.RUN_ID,
+            ),
+            e422=error_example(
+                422, None, "username: Value error, must be an Instagram handle", field="username"
+            ),
+        ),
+    },
 )
-async def analyze(
+async def start_analysis(
     body: AnalyzeRequest,
     scope: Tenant,
     settings: SettingsDep,
@@ -200,7 +245,15 @@ async def analyze(
     "/api/analysis",
     response_model=Page[RunSummary],
     summary="The account's runs, newest first, filtered and paged",
-    responses=responses(401, 403, 422),
+    responses=responses(
+        422,
+        e422=error_example(
+            422,
+            None,
+            "status: Input should be 'pending', 'processing', 'complete', 'failed' or 'cancelled'",
+            field="status",
+        ),
+    ),
 )
 async def list_runs(
     scope: Tenant,
@@ -214,6 +267,7 @@ async def list_runs(
         AfterValidator(instagram_handle),
         Query(
             description="A handle, normalised as when starting a run (`@NatGeo` = `natgeo`)",
+            examples=["natgeo"],
             json_schema_extra={"pattern": HANDLE_PATTERN, "maxLength": HANDLE_MAX_LENGTH},
         ),
     ] = None,
@@ -265,7 +319,7 @@ async def _replay(
     if row is None:
         return None
     if row["request_hash"] != request_hash:
-        raise Invalid(
+        raise Conflict(
             "This Idempotency-Key was used with a different request.",
             code="idempotency_key_reused",
             field="Idempotency-Key",
@@ -298,10 +352,10 @@ def _progress_from_row(row: asyncpg.Record) -> ProgressResponse:
     "/api/analysis/{run_id}/progress",
     response_model=ProgressResponse,
     summary="Follow a run: status, percentage and steps",
-    responses=responses(401, 403, 404, 422),
+    responses=responses(404, e404=_RUN_NOT_FOUND),
 )
-async def progress(
-    run_id: UUID, scope: Tenant, temporal: Temporal, settings: SettingsDep, request: Request
+async def get_progress(
+    run_id: RunId, scope: Tenant, temporal: Temporal, settings: SettingsDep, request: Request
 ) -> ProgressResponse:
     row = await _run(scope, run_id)
     if RunStatus(row["status"]).terminal:
@@ -353,9 +407,20 @@ class QueryBreaker:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CancelResponse,
     summary="Cancel a run before its commit point; what it was charged is refunded",
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(
+        404,
+        409,
+        e404=_RUN_NOT_FOUND,
+        e409=error_example(
+            409,
+            "run_finished",
+            "The run is already complete; it can no longer be cancelled.",
+            run_id=examples.RUN_ID,
+            status="complete",
+        ),
+    ),
 )
-async def cancel(run_id: UUID, scope: Tenant, temporal: Temporal) -> CancelResponse:
+async def cancel_run(run_id: RunId, scope: Tenant, temporal: Temporal) -> CancelResponse:
     async with scope.transaction() as conn:
         row = await analyses.request_cancel(conn, run_id)
     if row is None:
@@ -390,9 +455,20 @@ async def cancel(run_id: UUID, scope: Tenant, temporal: Temporal) -> CancelRespo
     "/api/analysis/{run_id}/result",
     response_model=ResultResponse,
     summary="The lead and its analysis, once the run is complete",
-    responses=responses(401, 403, 404, 409, 422),
+    responses=responses(
+        404,
+        409,
+        e404=_RUN_NOT_FOUND,
+        e409=error_example(
+            409,
+            "analysis_not_complete",
+            "The run is processing, not complete.",
+            run_id=examples.RUN_ID,
+            status="processing",
+        ),
+    ),
 )
-async def result(run_id: UUID, scope: Tenant) -> ResultResponse:
+async def get_result(run_id: RunId, scope: Tenant) -> ResultResponse:
     async with scope.transaction() as conn:
         row = await analyses.get(conn, run_id)
         if row is None:

@@ -13,10 +13,8 @@ from db import credits
 router = APIRouter(prefix="/api/credits", tags=["credits"])
 
 
-@router.get(
-    "/balance", response_model=BalanceResponse, responses=responses(401, 403), summary="Balance"
-)
-async def balance(scope: Tenant) -> BalanceResponse:
+@router.get("/balance", response_model=BalanceResponse, summary="Balance")
+async def get_balance(scope: Tenant) -> BalanceResponse:
     async with scope.transaction() as conn:
         value = await credits.balance(conn, scope.account_id)
     return BalanceResponse(account_id=scope.account_id, balance=value)
@@ -25,10 +23,10 @@ async def balance(scope: Tenant) -> BalanceResponse:
 @router.get(
     "/transactions",
     response_model=Page[LedgerEntry],
-    responses=responses(401, 403, 422),
+    responses=responses(422),
     summary="Every credit movement, newest first",
 )
-async def transactions(scope: Tenant, paging: Paging) -> Page[LedgerEntry]:
+async def list_transactions(scope: Tenant, paging: Paging) -> Page[LedgerEntry]:
     async with scope.transaction() as conn:
         total, rows = await credits.transactions_page(
             conn, scope.account_id, limit=paging.page_size, offset=paging.offset

@@ -1,0 +1,184 @@
+"""Example bodies shown in the OpenAPI document (and so in /docs), in one place.
+
+They describe one story: a deep analysis of @natgeo for the business profile "Acme Fitness".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RUN_ID = "9b2f4c1e-3d5a-4e6f-8a7b-1c2d3e4f5a6b"
+ACCOUNT_ID = "8d3f2c1e-5b7a-4e0f-9a6d-2c4b1e7f0a93"
+PROFILE_ID = "1f0c3a52-8c1e-4d3a-9d55-0b4f6a1e2c77"
+LEAD_ID = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b"
+CREATED = "2026-11-23T10:15:00.120000Z"
+FINISHED = "2026-11-23T10:15:04.870000Z"
+
+LINKS: dict[str, Any] = {
+    "progress": f"/api/analysis/{RUN_ID}/progress",
+    "result": f"/api/analysis/{RUN_ID}/result",
+    "cancel": f"/api/analysis/{RUN_ID}/cancel",
+}
+
+
+def _step(name: str, status: str = "done", attempt: int = 1) -> dict[str, Any]:
+    done = status == "done"
+    return {
+        "name": name,
+        "status": status,
+        "started_at": CREATED if done or status == "running" else None,
+        "finished_at": CREATED if done else None,
+        "attempt": attempt if status != "pending" else 0,
+    }
+
+
+STEPS_RUNNING: list[dict[str, Any]] = [
+    _step("generate_run_id"),
+    _step("create_pending_record"),
+    _step("check_duplicate"),
+    _step("check_credits"),
+    _step("deduct_credits"),
+    _step("check_cache"),
+    _step("scrape_profile", "running", 2),
+    _step("store_in_cache", "pending"),
+    _step("analyze_profile", "pending"),
+    _step("upsert_lead", "pending"),
+    _step("save_analysis", "pending"),
+    _step("complete", "pending"),
+]
+STEPS_DONE: list[dict[str, Any]] = [
+    _step(s["name"], "done", s["attempt"] or 1) for s in STEPS_RUNNING
+]
+
+RUN_ACCEPTED: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "status": "pending",
+    "username": "natgeo",
+    "analysis_type": "deep",
+    "business_profile_id": PROFILE_ID,
+    "credits_cost": 3,
+    "created_at": CREATED,
+    "links": LINKS,
+}
+
+PROGRESS: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "status": "processing",
+    "progress": 30,
+    "current_step": "scrape_profile",
+    "steps": STEPS_RUNNING,
+    "error": None,
+    "cancel_requested": False,
+    "source": "workflow",
+}
+
+RUN_SUMMARY: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "status": "failed",
+    "username": "natgeo",
+    "analysis_type": "deep",
+    "business_profile_id": PROFILE_ID,
+    "credits_cost": 3,
+    "credits_charged": 0,
+    "progress": 30,
+    "current_step": "scrape_profile",
+    "error": {"code": "profile_private", "message": "@natgeo is private"},
+    "cancel_requested": False,
+    "created_at": CREATED,
+    "finished_at": FINISHED,
+    "links": LINKS,
+}
+
+CANCELLED: dict[str, Any] = {"run_id": RUN_ID, "status": "processing", "cancel_requested": True}
+
+LEAD: dict[str, Any] = {
+    "id": LEAD_ID,
+    "username": "natgeo",
+    "full_name": "National Geographic",
+    "biography": "Experience the world through the eyes of National Geographic photographers.",
+    "external_url": "https://natgeo.com",
+    "profile_pic_url": "https://instagram.example/natgeo.jpg",
+    "followers_count": 280000000,
+    "follows_count": 150,
+    "posts_count": 30000,
+    "is_private": False,
+    "is_verified": True,
+    "is_business": True,
+    "business_category": "Media",
+    "engagement_rate": 0.412,
+}
+
+RESULT: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "status": "complete",
+    "username": "natgeo",
+    "analysis_type": "deep",
+    "business_profile_id": PROFILE_ID,
+    "lead": LEAD,
+    "analysis": {
+        "score": 72,
+        "summary": "A global photography and travel publisher with a huge, engaged audience.",
+        "niche": "travel",
+        "red_flags": ["audience far larger than a boutique partner needs"],
+        "engagement_read": "Steady likes and comments on photo essays; video drives reach.",
+        "selling_points": ["outdoor and fitness stories", "trusted by an active audience"],
+        "outreach_message": "Hi NatGeo team, Acme Fitness builds programmes for explorers...",
+    },
+    "credits_charged": 3,
+    "cost": {
+        "apify_usd": 0.0023,
+        "cache_hit": False,
+        "ai": [
+            {
+                "model": "gpt-5-mini",
+                "input_tokens": 1820,
+                "cached_input_tokens": 0,
+                "output_tokens": 410,
+                "cost_usd": 0.001275,
+            }
+        ],
+        "ai_usd": 0.001275,
+        "total_usd": 0.003575,
+    },
+    "steps": STEPS_DONE,
+    "created_at": CREATED,
+    "finished_at": FINISHED,
+}
+
+BALANCE: dict[str, Any] = {"account_id": ACCOUNT_ID, "balance": 97}
+
+LEDGER_ENTRY: dict[str, Any] = {
+    "id": 42,
+    "delta": -3,
+    "balance_after": 97,
+    "kind": "charge",
+    "run_id": RUN_ID,
+    "reference": None,
+    "description": "analysis",
+    "created_at": CREATED,
+}
+
+BUSINESS_PROFILE_IN: dict[str, Any] = {
+    "name": "Acme Fitness",
+    "description": "Boutique gym chain in Lisbon",
+    "offering": "Personal training packages and brand partnerships",
+    "target_audience": "Fitness creators with 10k-500k followers",
+}
+
+BUSINESS_PROFILE: dict[str, Any] = {
+    "id": PROFILE_ID,
+    **BUSINESS_PROFILE_IN,
+    "created_at": CREATED,
+    "updated_at": CREATED,
+}
+
+HEALTH: dict[str, Any] = {
+    "status": "ok",
+    "version": "0.1.0",
+    "components": {
+        "database": {"status": "ok", "latency_ms": 0.8, "detail": None},
+        "temporal": {"status": "ok", "latency_ms": 1.9, "detail": None},
+    },
+}
+
+LIVENESS: dict[str, Any] = {"status": "ok", "version": "0.1.0"}
