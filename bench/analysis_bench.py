@@ -3,8 +3,9 @@
 Starts `oslira dev` in a temporary state folder with zero-latency simulators (so what is
 measured is our orchestration, not the providers), creates an account, then:
 - runs analyses one at a time per tier (cold cache: a new username each time) and reports
-  p50/p95 of the time from the POST to the run's `finished_at` (server) and to the moment
-  the bench saw it complete (observed, polling the database every 2 ms);
+  p50/p95 of the time from the POST to the run's `finished_at` (server), to the moment the
+  bench saw it complete (observed, polling the database every 2 ms), and of the POST itself
+  (post: the API's steps 1-4 and the workflow start);
 - starts 100 light analyses at once and reports analyses completed per second.
 
 Usage: .venv/bin/python bench/analysis_bench.py [--runs 25] [--burst 100]
@@ -19,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +27,9 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
+from devstack import dev_stack  # the bench folder is on sys.path when run as a script
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cli import stack  # noqa: E402
+from cli import stack
 
 TERMINAL = ("complete", "failed", "cancelled")
 
@@ -84,14 +82,15 @@ class Bench:
             await asyncio.sleep(poll)
 
     async def single(self, tier: str, runs: int, username: str | None = None) -> dict[str, object]:
-        server, observed = [], []
+        server, observed, accept = [], [], []
         for _ in range(runs):
             started = time.time()
             run_id = await self.post(username or f"bench_{uuid4().hex[:10]}", tier)
+            accept.append((time.time() - started) * 1000)
             finished = (await self.wait([run_id], 0.002))[run_id]
             observed.append((time.time() - started) * 1000)
             server.append((finished.timestamp() - started) * 1000)
-        return {"server": summary(server), "observed": summary(observed)}
+        return {"server": summary(server), "observed": summary(observed), "post": summary(accept)}
 
     async def burst(self, count: int) -> dict[str, object]:
         started = time.time()
@@ -149,23 +148,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100, help="analyses started at once")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="oslira-bench-") as tmp:
-        home = Path(tmp)
-        os.chmod(home, 0o755)
-        env = stack.isolated_dev_env(home, SIM_APIFY_LATENCY_MS="0", SIM_OPENAI_LATENCY_MS="0")
-        dev = stack.spawn(stack.oslira_command("dev"), env, home / "dev.out")
-        try:
-            deadline = time.monotonic() + 120
-            while (
-                not (home / "stack.env").exists()
-                or "Oslira is running" not in (home / "dev.out").read_text()
-            ):
-                if dev.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit((home / "dev.out").read_text())
-                time.sleep(0.2)
-            results = asyncio.run(measure(home, create_account(env), env, args.runs, args.burst))
-        finally:
-            stack.stop(dev, timeout=30)
+    with dev_stack() as (home, env, _):
+        results = asyncio.run(measure(home, create_account(env), env, args.runs, args.burst))
     print(
         json.dumps(
             {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **results},
