@@ -79,25 +79,17 @@ class RunAccepted(BaseModel):
     links: dict[str, str]
 
 
-class RunSummary(BaseModel):
-    """One run in the account's list."""
+class RunSummary(RunAccepted):
+    """One run in the account's list: what its start answered, and where it is now."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [examples.RUN_SUMMARY]})
 
-    run_id: UUID
-    status: RunStatus
-    username: str
-    analysis_type: Tier
-    business_profile_id: UUID
-    credits_cost: int
     credits_charged: int
     progress: int = Field(ge=0, le=100)
     current_step: Step | None
     error: RunError | None
     cancel_requested: bool
-    created_at: datetime
     finished_at: datetime | None
-    links: dict[str, str]
 
 
 class ProgressResponse(BaseModel):

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -75,16 +75,15 @@ def _links(run_id: UUID) -> dict[str, str]:
 
 
 def _accepted(row: asyncpg.Record) -> RunAccepted:
-    return RunAccepted(
-        run_id=row["id"],
-        status=row["status"],
-        username=row["username"],
-        analysis_type=row["analysis_type"],
-        business_profile_id=row["business_profile_id"],
-        credits_cost=row["credits_cost"],
-        created_at=row["created_at"],
-        links=_links(row["id"]),
-    )
+    return RunAccepted(**_accepted_fields(row))
+
+
+def _accepted_fields(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "run_id": row["id"],
+        "links": _links(row["id"]),
+        **{name: row[name] for name in RunAccepted.model_fields if name not in ("run_id", "links")},
+    }
 
 
 def _request_hash(body: AnalyzeRequest) -> str:
@@ -289,20 +288,13 @@ async def list_runs(
 
 def _summary(row: asyncpg.Record) -> RunSummary:
     return RunSummary(
-        run_id=row["id"],
-        status=row["status"],
-        username=row["username"],
-        analysis_type=row["analysis_type"],
-        business_profile_id=row["business_profile_id"],
-        credits_cost=row["credits_cost"],
+        **_accepted_fields(row),
         credits_charged=row["credits_charged"],
         progress=row["progress"],
         current_step=row["current_step"],
         error=_error(row),
         cancel_requested=row["cancel_requested_at"] is not None,
-        created_at=row["created_at"],
         finished_at=row["finished_at"],
-        links=_links(row["id"]),
     )
 
 
