@@ -172,6 +172,12 @@ _HTTP_CODES = {
 }
 
 
+def _error_field(error: Mapping[str, Any]) -> str:
+    if error.get("type") == "json_invalid":  # its loc holds the offset of the fault
+        return "body"
+    return _field(error.get("loc", ()))
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     """`("body", "usernames", 3)` -> `usernames.3`; a parameter is named alone
     (`("query", "status", 0)` -> `status`), a header as it is spelt (`X-Account-Id`)."""
@@ -209,7 +215,7 @@ def install(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        field = _field(first.get("loc", ()))
+        field = _error_field(first)
         message = first.get("msg", "Invalid request")
         return JSONResponse(
             {
@@ -218,9 +224,7 @@ def install(app: FastAPI) -> None:
                     "message": f"{field}: {message}" if field else message,
                     "request_id": request_id(request),
                     "field": field or None,
-                    "errors": [
-                        {"field": _field(e.get("loc", ())), "message": e.get("msg")} for e in errors
-                    ],
+                    "errors": [{"field": _error_field(e), "message": e.get("msg")} for e in errors],
                 }
             },
             status_code=422,

@@ -20,9 +20,6 @@ from core.settings import Settings
 
 access_log = logging.getLogger("oslira.access")
 
-# Paths under /api that answer without a bearer token (Stripe's webhook will be one).
-PUBLIC_API_PREFIXES: tuple[str, ...] = ()
-
 
 class RequestContextMiddleware:
     """Gives every request an id (or keeps the caller's X-Request-Id), echoes it back, and
@@ -84,7 +81,12 @@ class RequestGateMiddleware:
         request_id = scope.get("state", {}).get("request_id", "")
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > self.limit
+        ):
             response = error_response(
                 request_id,
                 413,
@@ -95,13 +97,14 @@ class RequestGateMiddleware:
             await response(scope, receive, send)
             return
 
-        if _needs_authentication(scope["path"]):
+        if scope["path"].startswith("/api/"):
             try:
                 user_id = verify_token(self.settings, _bearer_token(headers))
             except InvalidToken as exc:
-                response = error_response(
-                    request_id, 401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}
-                )
+                refusal = {"WWW-Authenticate": "Bearer"}
+                if "transfer-encoding" in headers or declared not in (None, "0"):
+                    refusal["Connection"] = "close"  # rather than drain a body never read
+                response = error_response(request_id, 401, "unauthorized", str(exc), refusal)
                 await response(scope, receive, send)
                 return
             scope.setdefault("state", {})["user_id"] = user_id
@@ -119,10 +122,6 @@ class RequestGateMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
-
-
-def _needs_authentication(path: str) -> bool:
-    return path.startswith("/api/") and not any(path.startswith(p) for p in PUBLIC_API_PREFIXES)
 
 
 def _bearer_token(headers: Headers) -> str:

@@ -13,34 +13,34 @@ from api import examples
 from core.models import CostBreakdown, RunError, StepRecord
 from core.tiers import RunStatus, Step, Tier
 
-# Instagram's rules: 1-30 of letters, digits, '.' and '_'; no '.' first, last or twice in a row.
-_HANDLE = re.compile(r"(?=[a-z0-9._]{1,30}\Z)[a-z0-9_]+(?:\.[a-z0-9_]+)*")
-# The same rule as the OpenAPI schema states it, for the raw input (a leading @, any case).
+# Instagram's rules for a handle, with the leading @ this API ignores: 1-30 letters, digits,
+# '.' and '_', with no '.' first, last or twice in a row. One pattern for the check and the
+# OpenAPI schema.
 HANDLE_PATTERN = r"^@?(?=[A-Za-z0-9._]{1,30}$)[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*$"
-HANDLE_MAX_LENGTH = 31
+HANDLE_SCHEMA: dict[str, Any] = {"pattern": HANDLE_PATTERN, "maxLength": 31}
+_HANDLE = re.compile(HANDLE_PATTERN)
 
 T = TypeVar("T")
 
 
 def instagram_handle(value: str) -> str:
-    """`@Nat.Geo` -> `nat.geo`. ASCII is checked first: lower-casing some non-ASCII letters
-    gives ASCII ones (the Kelvin sign U+212A becomes `k`)."""
+    """`@Nat.Geo` -> `nat.geo`. ASCII is checked before anything is lower-cased: lower-casing
+    some non-ASCII letters gives ASCII ones (the Kelvin sign U+212A becomes `k`)."""
     if not value.isascii():
         raise ValueError("must be an Instagram handle: ASCII letters, digits, '.' and '_'")
-    handle = value.removeprefix("@").lower()
-    if not _HANDLE.fullmatch(handle):
+    if not _HANDLE.fullmatch(value):
         raise ValueError(
             "must be an Instagram handle: 1-30 letters, digits, '.' and '_', with no '.' "
             "at the start or end or twice in a row"
         )
-    return handle
+    return value.removeprefix("@").lower()
 
 
 def handle_field(description: str) -> Any:
     """A username field whose schema states the rule `instagram_handle` applies."""
     return Field(
         description=description,
-        json_schema_extra={"pattern": HANDLE_PATTERN, "maxLength": HANDLE_MAX_LENGTH},
+        json_schema_extra=HANDLE_SCHEMA,
         examples=["@natgeo"],
     )
 

@@ -23,13 +23,15 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
+from uuid import UUID
 
 import asyncpg
+from pydantic import ValidationError
 
 from cli import stack
 from core import temporal
 from core.auth import mint_token
-from core.settings import Settings, stack_env_path
+from core.settings import Settings, describe, stack_env_path
 from db.migrate import migrate, set_role_passwords
 from db.seed import create_account
 
@@ -47,7 +49,11 @@ class PortTaken(Exception):
 
 
 def run_dev() -> int:
-    settings = Settings()  # the environment only: never a stale stack.env
+    try:
+        settings = Settings()  # the environment only: never a stale stack.env
+    except ValidationError as exc:
+        log.error("%s", describe(exc))
+        return 2
     home = settings.oslira_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     lock = _single_instance(home)  # noqa: F841 - held for the life of the process
@@ -59,11 +65,13 @@ def run_dev() -> int:
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = threading.Event()
-    started = False
+    abort_on_signal = True  # during start-up; never again once stopping has begun
 
     def on_signal(signum: int, _frame: object) -> None:
+        nonlocal abort_on_signal
         stopping.set()
-        if not started:  # abort start-up at once; `finally` stops what was started
+        if abort_on_signal:  # `finally` stops what was started
+            abort_on_signal = False
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
@@ -122,7 +130,10 @@ def run_dev() -> int:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         if "task_queue" not in settings.model_fields_set:
-            env["TASK_QUEUE"] = asyncio.run(_stack_task_queue(settings, env["DATABASE_URL"]))
+            suffix = asyncio.run(_installation_suffix(env["DATABASE_URL"]))
+            env["TASK_QUEUE"] = f"{settings.task_queue}-{suffix}"
+            if settings.scrape_task_queue is not None:
+                env["SCRAPE_TASK_QUEUE"] = f"{settings.scrape_task_queue}-{suffix}"
         _write_stack_env(home, env)
         full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
         asyncio.run(set_role_passwords(full))
@@ -137,7 +148,7 @@ def run_dev() -> int:
         children.append(("api", stack.spawn(stack.oslira_command("api"), env, home / "api.log")))
         stack.wait_for_port(settings.api_host, settings.api_port, 30, children[-1][1])
         _banner(full, settings, demo, home)
-        started = True
+        abort_on_signal = False
 
         reported: set[str] = set()
         while not stopping.wait(0.5):
@@ -158,7 +169,11 @@ def run_dev() -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except ValidationError as exc:
+        log.error("%s", describe(exc))
+        return 2
     finally:
+        abort_on_signal = False
         _stop_all(children)
         stack_env_path(home).unlink(missing_ok=True)
         if pg_server is not None:
@@ -184,7 +199,7 @@ def _check_ports(settings: Settings) -> None:
     if settings.apify_token is None or settings.openai_api_key is None:
         wanted.append(("127.0.0.1", settings.sim_port, "SIM_PORT"))
     for host, port, variable in wanted:
-        with socket.socket() as probe:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             # As the servers bind: a port whose last connections linger in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -193,15 +208,15 @@ def _check_ports(settings: Settings) -> None:
                 raise PortTaken(port, variable) from exc
 
 
-async def _stack_task_queue(settings: Settings, database_url: str) -> str:
-    """The task queue named after this database, so that workers of a stack with another
-    database never take this stack's work, even on a shared Temporal server."""
+async def _installation_suffix(database_url: str) -> str:
+    """What names this stack's task queues after its database, so that workers of a stack
+    with another database never take this stack's work, even on a shared Temporal server."""
     conn = await asyncpg.connect(database_url)
     try:
         installation = await conn.fetchval("SELECT id FROM installation")
     finally:
         await conn.close()
-    return f"{settings.task_queue}-{installation.hex[:12]}"
+    return str(installation.hex[:12])
 
 
 def _stop_all(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
@@ -284,17 +299,22 @@ def _single_instance(home: Path) -> IO[str]:
 def _persistent_secret(path: Path) -> str:
     """A random JWT secret kept in the state folder, so tokens survive restarts."""
     if not path.exists():
-        # Created private, never world-readable even for a moment.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
+        _write_private(path, secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read, from its creation on (it holds secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def _write_stack_env(home: Path, env: dict[str, str]) -> None:
-    path = stack_env_path(home)
-    path.write_text("".join(f"{k}={v}\n" for k, v in env.items() if k != "OSLIRA_HOME"))
-    path.chmod(0o600)
+    _write_private(
+        stack_env_path(home), "".join(f"{k}={v}\n" for k, v in env.items() if k != "OSLIRA_HOME")
+    )
 
 
 def _demo_account(settings: Settings, record: Path) -> dict[str, str]:
@@ -322,14 +342,13 @@ async def _ensure_demo_account(settings: Settings, known: dict[str, str] | None)
     }
 
 
-def _banner(settings: Settings, dev: Settings, demo: dict[str, str], home: Path) -> None:
-    from uuid import UUID
-
-    token = mint_token(settings, UUID(demo["user_id"]), valid_for=timedelta(days=30))
-    api = f"http://{dev.api_host}:{dev.api_port}"
+def _banner(stack_settings: Settings, given: Settings, demo: dict[str, str], home: Path) -> None:
+    """`stack_settings` are those of the running stack; `given`, what oslira dev was given."""
+    token = mint_token(stack_settings, UUID(demo["user_id"]), valid_for=timedelta(days=30))
+    api = f"http://{given.api_host}:{given.api_port}"
     ui = (
-        f"http://127.0.0.1:{dev.temporal_ui_port}"
-        if dev.temporal_address is None
+        f"http://127.0.0.1:{given.temporal_ui_port}"
+        if given.temporal_address is None
         else "(your Temporal server's UI)"
     )
     print(

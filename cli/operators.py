@@ -43,17 +43,12 @@ def fail(message: str) -> NoReturn:
 def settings_or_exit() -> Settings:
     from pydantic import ValidationError
 
-    from core.settings import load_settings
+    from core.settings import describe, load_settings
 
     try:
         return load_settings()
     except ValidationError as exc:
-        # Field names and messages only: the values may be secrets.
-        fail(
-            "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-            )
-        )
+        fail(describe(exc))
 
 
 def require_secret(settings: Settings) -> None:
@@ -83,6 +78,8 @@ def run_with_system_connection(
         fail(str(exc))
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
         fail(f"cannot reach the database: {exc}")
+    except asyncpg.PostgresError as exc:  # a wrong password, a missing migration, ...
+        fail(f"the database refused: {exc}")
 
 
 def _echo_json(value: dict[str, Any]) -> None:
@@ -217,7 +214,9 @@ def credits_grant(
     from db import accounts, credits
 
     reason = _text(reason, "--reason", MAX_REASON)
-    given = _text(idempotency_key, "--idempotency-key", 200) if idempotency_key else uuid4()
+    given = (
+        _text(idempotency_key, "--idempotency-key", 200) if idempotency_key is not None else uuid4()
+    )
     key = f"adjustment:{account}:{given}"  # keys are unique across accounts: scope it
     settings = settings_or_exit()
 
@@ -233,8 +232,13 @@ def credits_grant(
                 kind="adjustment",
                 description=reason,
             )
-        if not movement.new and movement.delta != amount:
-            raise Refused(f"the key {key} was already used for {movement.delta} credits")
+            if not movement.new:
+                earlier = await credits.description_of(conn, key)
+                if (movement.delta, earlier) != (amount, reason):
+                    raise Refused(
+                        f"the key {given} was already used for {movement.delta} credits "
+                        f"({earlier!r})"
+                    )
         return {
             "account_id": str(account),
             "amount": movement.delta,

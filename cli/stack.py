@@ -139,6 +139,9 @@ def isolated_dev_env(home: Path, **extra: str) -> dict[str, str]:
         "TEMPORAL_ADDRESS": "",
         "APIFY_TOKEN": "",
         "OPENAI_API_KEY": "",
+        "JWT_SECRET": "",
+        "TASK_QUEUE": "",
+        "SCRAPE_TASK_QUEUE": "",
         **extra,
     }
 

@@ -24,10 +24,11 @@ class ExpectedOutcomes(logging.Filter):
             isinstance(error, ApplicationError)
             and error.category is ApplicationErrorCategory.BENIGN
         ):
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = None
             record.exc_info = None
             record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg = f"{record.msg}: {type(error).__name__}: {error}"
         return True
 
 

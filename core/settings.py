@@ -7,13 +7,21 @@ set in the environment always win over that file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.tiers import Tier
@@ -22,6 +30,11 @@ API_ROLE = "oslira_api"
 WORKER_ROLE = "oslira_worker"
 # HS256 keys shorter than the hash output are guessable offline from one token.
 JWT_SECRET_MIN_BYTES = 32
+# SHA-256 of secrets that were once published (the default of earlier versions): refused
+# even at full length, since anyone can sign with them.
+PUBLISHED_JWT_SECRETS = frozenset(
+    {"80c0b5af0724d5e64e0b6da7b4f093730ae7367174a60608cb1e3ac30ac3c91f"}
+)
 
 
 class ConfigurationError(RuntimeError):
@@ -49,6 +62,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_ignore_empty=True,
         protected_namespaces=(),
+        # Errors name the field, never its value: several are secrets.
+        hide_input_in_errors=True,
     )
 
     environment: Literal["development", "test", "production"] = "development"
@@ -121,9 +136,14 @@ class Settings(BaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None and len(secret.get_secret_value().encode()) < JWT_SECRET_MIN_BYTES:
+    def _usable(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None:
+            return None
+        value = secret.get_secret_value().encode()
+        if len(value) < JWT_SECRET_MIN_BYTES:
             raise ValueError(f"JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes")
+        if hashlib.sha256(value).hexdigest() in PUBLISHED_JWT_SECRETS:
+            raise ValueError("JWT_SECRET is a published value: anyone can sign with it")
         return secret
 
     @model_validator(mode="after")
@@ -200,6 +220,13 @@ def _with_role(dsn: str, role: str, password: SecretStr | None) -> str:
     if password is not None:
         auth += ":" + quote(password.get_secret_value(), safe="")
     return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each setting at fault and why, never its value (some are secrets)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+    )
 
 
 def stack_env_path(home: Path) -> Path:

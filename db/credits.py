@@ -95,6 +95,14 @@ async def _move(
     return Movement(delta=delta, balance_after=int(balance), new=True)
 
 
+async def description_of(conn: Connection, key: str) -> str | None:
+    """What the movement recorded under `key` says it was for."""
+    description: str | None = await conn.fetchval(
+        "SELECT description FROM credit_ledger WHERE idempotency_key = $1", key
+    )
+    return description
+
+
 async def open_balance(conn: Connection, account_id: UUID) -> None:
     await conn.execute(
         "INSERT INTO credit_balances (account_id) VALUES ($1) ON CONFLICT DO NOTHING", account_id

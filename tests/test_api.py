@@ -274,3 +274,21 @@ async def test_method_not_allowed_names_every_method_of_the_path(api, new_accoun
     response = await api.delete("/api/business-profiles", headers=account.headers)
     assert response.status_code == 405
     assert response.headers["Allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"username": "nat', b'{"username": "\xff\xfe"}', b"\xff\xfe\xfd"],
+    ids=["truncated JSON", "not UTF-8 inside", "not UTF-8 at all"],
+)
+async def test_unparseable_body_answers_422_naming_the_body(api, new_account, system_pool, body):
+    account = await new_account()
+    response = await api.post(
+        "/api/leads/analyze",
+        content=body,
+        headers=account.headers | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["field"] == "body"
+    assert await _runs(system_pool, account) == 0

@@ -526,16 +526,63 @@ async def test_no_role_moves_a_run_out_of_a_terminal_status(world, system_pool, 
 async def test_runs_move_only_forward_for_the_system_role_too(world, system_pool):
     pending = await _run_in(system_pool, world.a, world.a_profile, "pending")
     try:
-        with pytest.raises(CHECK):  # never complete without having been charged
+        with pytest.raises(CHECK):  # never straight to complete
             await system_pool.execute(
                 "UPDATE analyses SET status = 'complete' WHERE id = $1", pending
             )
+        with pytest.raises(CHECK):  # processing means charged
+            await system_pool.execute(
+                "UPDATE analyses SET status = 'processing' WHERE id = $1", pending
+            )
         with pytest.raises(CHECK):
             await system_pool.execute("UPDATE analyses SET credits_cost = 0 WHERE id = $1", pending)
+        with pytest.raises(CHECK):  # born pending, uncharged, without a result
+            await system_pool.execute(
+                """INSERT INTO analyses (id, account_id, business_profile_id, username,
+                       analysis_type, credits_cost, status)
+                   VALUES ($1, $2, $3, 'born_done', 'light', 1, 'complete')""",
+                uuid4(),
+                world.a,
+                world.a_profile,
+            )
+        with pytest.raises(CHECK):  # a complete run keeps exactly its cost
+            await system_pool.execute(
+                "UPDATE analyses SET status = 'complete', credits_charged = 0 WHERE id = $1",
+                world.runs["processing"],
+            )
     finally:
         await system_pool.execute(
             "UPDATE analyses SET status = 'failed', finished_at = now() WHERE id = $1", pending
         )
+
+
+async def test_a_member_who_leaves_keeps_their_runs_unattributed(world, system_pool, servers):
+    member = uuid4()
+    async with system_pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO users (id) VALUES ($1)", member)
+        await conn.execute(
+            "INSERT INTO account_members (account_id, user_id, role) VALUES ($1, $2, 'member')",
+            world.a,
+            member,
+        )
+    in_flight = await _run_in(system_pool, world.a, world.a_profile, "pending")
+    await system_pool.execute(
+        "UPDATE analyses SET requested_by = $2 WHERE id = $1", in_flight, member
+    )
+    owner = await asyncpg.connect(servers.database_url)
+    try:
+        await owner.execute(
+            "DELETE FROM account_members WHERE account_id = $1 AND user_id = $2", world.a, member
+        )
+    finally:
+        await owner.close()
+    row = await system_pool.fetchrow(
+        "SELECT status, requested_by FROM analyses WHERE id = $1", in_flight
+    )
+    assert (row["status"], row["requested_by"]) == ("pending", None)
+    await system_pool.execute(
+        "UPDATE analyses SET status = 'failed', finished_at = now() WHERE id = $1", in_flight
+    )
 
 
 async def test_no_role_can_mix_tenants_in_one_row(world, system_pool):

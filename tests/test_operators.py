@@ -133,6 +133,10 @@ async def test_credits_grant_adds_an_adjustment_once_per_key(oslira, api, new_ac
     balance = await api.get("/api/credits/balance", headers=account.headers)
     assert balance.json()["balance"] == 6
 
+    other_amount = [*args[:-1], "6", "--reason", "goodwill after an outage"]
+    _refused(oslira(*other_amount, "--idempotency-key", "t-1"), "already used for 5 credits")
+    _refused(oslira(*args, "--reason", "another", "--idempotency-key", "t-1"), "already used")
+    _refused(oslira(*args, "--reason", "x", "--idempotency-key", ""), "must not be empty")
     _refused(oslira(*args[:-1], "0", "--reason", "x"), "--amount")
     _refused(oslira(*args, "--reason", "  "), "--reason must not be empty")
     _refused(

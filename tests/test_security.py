@@ -161,3 +161,21 @@ def test_api_writes_one_access_line_per_request(api_process):
     assert len(lines) == 1, api_process.log.read_text()[-2000:]
     assert f"GET /health?probe={marker} {status}" in lines[0]
     assert "request_id=" in lines[0]
+
+
+async def test_a_body_just_under_the_limit_is_read(api_process, settings, new_account):
+    """A batch of 10,000 usernames is about 330 kB; the default limit is 1 MiB."""
+    account = await new_account()
+    padding = "x" * (settings.max_request_bytes - 100)
+    body = f'{{"name": "big", "description": "{padding}"}}'.encode()
+    assert len(body) <= settings.max_request_bytes
+    for framing in ({"Content-Length": str(len(body))}, {"Transfer-Encoding": "chunked"}):
+        with api_process.connect() as conn:
+            conn.sendall(_head("/api/business-profiles", framing | account.headers))
+            if "Content-Length" in framing:
+                conn.sendall(body)
+            else:
+                conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            status, answer = _read_response(conn)
+        assert status == 422, answer  # read and validated: the description is too long
+        assert b'"field":"description"' in answer

@@ -29,8 +29,7 @@ from api.errors import (
 )
 from api.pagination import Paging
 from api.schemas import (
-    HANDLE_MAX_LENGTH,
-    HANDLE_PATTERN,
+    HANDLE_SCHEMA,
     AnalyzeRequest,
     CancelResponse,
     LeadOut,
@@ -86,6 +85,14 @@ def _accepted_fields(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def _in_progress(username: str, run_id: UUID | None) -> Conflict:
+    return Conflict(
+        f"@{username} is already being analysed for this business profile.",
+        code="analysis_in_progress",
+        run_id=run_id,
+    )
+
+
 def _request_hash(body: AnalyzeRequest) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
@@ -136,6 +143,10 @@ async def start_analysis(
     cost = settings.credits_for(body.analysis_type)
     request_hash = _request_hash(body)
     async with scope.transaction() as conn:
+        # The account's requests take turns from here to the commit: each sees the runs the
+        # others accepted, so a repeat finds its run (same key, or 409) before any credit
+        # check, and the credit check counts what accepted runs will still charge.
+        await credits.lock_promises(conn, scope.account_id)
         if idempotency_key and (
             replay := await _replay(conn, scope.account_id, idempotency_key, request_hash)
         ):
@@ -146,10 +157,11 @@ async def start_analysis(
                 code="business_profile_not_found",
                 field="business_profile_id",
             )
-        # Step 4, the fast check: what the balance can still pay once the runs accepted
-        # before this one are charged. The lock makes concurrent requests of the account
-        # count each other's promises; the charge (step 5) stays the authority.
-        await credits.lock_promises(conn, scope.account_id)
+        if existing := await analyses.find_in_flight(
+            conn, scope.account_id, body.business_profile_id, body.username
+        ):
+            raise _in_progress(body.username, existing)
+        # Step 4, the fast check; the charge (step 5) stays the authority.
         funds = await credits.available(conn, scope.account_id)
         if funds.credits < cost:
             raise InsufficientCredits(
@@ -168,7 +180,8 @@ async def start_analysis(
             for s in API_STEPS
         ]
         try:
-            async with conn.transaction():  # steps 2 and 3: the unique index is the check
+            # Steps 2 and 3: the unique index is the last word on duplicates.
+            async with conn.transaction():
                 await analyses.insert_pending(
                     conn,
                     run_id=run_id,
@@ -192,11 +205,7 @@ async def start_analysis(
             existing = await analyses.find_in_flight(
                 conn, scope.account_id, body.business_profile_id, body.username
             )
-            raise Conflict(
-                f"@{body.username} is already being analysed for this business profile.",
-                code="analysis_in_progress",
-                run_id=existing,
-            ) from None
+            raise _in_progress(body.username, existing) from None
         row = await analyses.get(conn, run_id)
     assert row is not None
 
@@ -267,7 +276,7 @@ async def list_runs(
         Query(
             description="A handle, normalised as when starting a run (`@NatGeo` = `natgeo`)",
             examples=["natgeo"],
-            json_schema_extra={"pattern": HANDLE_PATTERN, "maxLength": HANDLE_MAX_LENGTH},
+            json_schema_extra=HANDLE_SCHEMA,
         ),
     ] = None,
     analysis_type: Annotated[Tier | None, Query()] = None,

@@ -1,8 +1,9 @@
 -- The database itself refuses what the application never does, whoever writes:
 -- 1. every reference between tenant rows carries the account (composite foreign keys), so a
 --    row can never point at another tenant's row;
--- 2. a run moves only forward (pending -> processing -> complete | failed | cancelled), and
---    nothing moves it out of a terminal status;
+-- 2. a run moves only forward (pending -> processing -> complete | failed | cancelled),
+--    leaves pending only once charged and completes only with that charge, and nothing moves
+--    it out of a terminal status;
 -- 3. the API role makes only the transitions the API makes: it flags an in-flight run for
 --    cancellation, and ends a run that was never charged (its workflow did not start).
 
@@ -37,6 +38,8 @@ ALTER TABLE credit_ledger ADD CONSTRAINT credit_ledger_run
 
 CREATE FUNCTION analyses_guard() RETURNS trigger
     LANGUAGE plpgsql
+    -- It runs as the caller: pin the tables it reads, so no session can shadow them.
+    SET search_path = pg_catalog, public
     AS $$
 DECLARE
     changed text[];
@@ -70,11 +73,29 @@ BEGIN
         RETURN NEW;
     END IF;
 
+    -- A member leaving the account (ON DELETE SET NULL, run as the table's owner).
+    IF changed <@ ARRAY['requested_by', 'updated_at'] AND NEW.requested_by IS NULL THEN
+        RETURN NEW;
+    END IF;
+
     IF NEW.status IS DISTINCT FROM OLD.status AND NOT (
         (OLD.status = 'pending' AND NEW.status IN ('processing', 'failed', 'cancelled'))
         OR (OLD.status = 'processing' AND NEW.status IN ('complete', 'failed', 'cancelled'))
     ) THEN
         RAISE EXCEPTION 'a run cannot go from % to %', OLD.status, NEW.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    -- Pending means never charged, processing means charged: the step that charges moves
+    -- the run on in the same transaction, and a complete run keeps exactly its cost.
+    IF OLD.status = 'pending' AND NEW.status = 'processing' AND NOT EXISTS (
+        SELECT 1 FROM public.credit_ledger l
+        WHERE l.run_id = OLD.id AND l.kind = 'charge' AND l.delta = -OLD.credits_cost
+    ) THEN
+        RAISE EXCEPTION 'run % is processed only once charged', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.status = 'complete' AND NEW.credits_charged <> OLD.credits_cost THEN
+        RAISE EXCEPTION 'run % completes charged its cost of %', OLD.id, OLD.credits_cost
             USING ERRCODE = 'check_violation';
     END IF;
 
@@ -92,7 +113,8 @@ BEGIN
     IF OLD.status = 'pending' AND NEW.status IN ('failed', 'cancelled')
        AND NEW.cancel_requested_at IS NOT NULL AND NEW.finished_at IS NOT NULL
        AND (NEW.idempotency_key IS NULL OR NEW.idempotency_key = OLD.idempotency_key)
-       AND NOT EXISTS (SELECT 1 FROM credit_ledger l WHERE l.run_id = OLD.id AND l.kind = 'charge')
+       AND NOT EXISTS (SELECT 1 FROM public.credit_ledger l
+                       WHERE l.run_id = OLD.id AND l.kind = 'charge')
     THEN
         RETURN NEW;  -- a run that never started ends without a charge
     END IF;
@@ -112,7 +134,7 @@ GRANT UPDATE (name, description, offering, target_audience, updated_at, deleted_
 
 -- The credits promised to runs accepted but not yet charged (the API's credit check).
 CREATE INDEX analyses_pending_cost ON analyses (account_id) INCLUDE (credits_cost)
-    WHERE status = 'pending';
+    WHERE status = 'pending' AND cancel_requested_at IS NULL;
 
 -- Which database this is: `oslira dev` names its task queue after it, so workers of another
 -- stack never take work whose rows live here.
