@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from activities.ai import AIActivities
 from activities.cache import CacheActivities
+from activities.compensation import CompensationActivities
 from activities.credits import CreditActivities
 from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
@@ -63,6 +64,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         stack.push_async_callback(ai_client.close)
 
         credit = CreditActivities(pool)
+        compensation = CompensationActivities(pool)
         profile_cache = PostgresProfileCache(pool)
         cache = CacheActivities(profile_cache, pool, settings)
         scrape = ScrapeActivities(scraper, profile_cache, pool, settings)
@@ -71,7 +73,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
-            credit.finish_unsuccessful,
+            compensation.finish_unsuccessful,
             cache.check_cache,
             ai.analyze_profile,
             results.save_result,

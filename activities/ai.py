@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, expected, now, provider_call
-from core.errors import ErrorCode, business_error, provider_failure
+from activities.common import attempt, done_since, expected, now, provider_call, step_activity
+from core.errors import ErrorCode, business_error, provider_unavailable
 from core.models import AIInput, AIOutput
 from core.settings import Settings
-from core.tiers import Step
-from providers.ai import AIRejectedError, AIUnavailableError, OpenAIAnalyzer
+from providers.ai import OpenAIAnalyzer
+from providers.errors import ProviderRejected, ProviderUnavailable
 
 
 class AIActivities:
@@ -20,18 +20,27 @@ class AIActivities:
         self._settings = settings
 
     @activity.defn
+    @step_activity
     async def analyze_profile(self, input: AIInput) -> AIOutput:
-        """The step's outcome is persisted by the commit step, with the others."""
+        """The step's outcome is kept by the commit step, with the others."""
         started = now()
+        tried = attempt(input.attempts_before)
         try:
-            async with provider_call(self._pool, input.run_id, Step.analyze_profile, started):
+            async with provider_call(self._pool, input.progress):
                 parsed, usage = await self._analyzer.analyze(
                     input.part, self._settings.model_for(input.tier), input.business, input.profile
                 )
-        except AIRejectedError as exc:
-            raise expected(business_error(ErrorCode.ai_failed, str(exc))) from exc
-        except AIUnavailableError as exc:
-            raise expected(provider_failure(ErrorCode.ai_failed, str(exc))) from exc
+        except ProviderRejected as exc:
+            raise expected(
+                business_error(
+                    ErrorCode.ai_failed, exc.message, provider=exc.provider, attempt=tried
+                )
+            ) from exc
+        except ProviderUnavailable as exc:
+            raise expected(provider_unavailable(exc.provider, exc.message, tried)) from exc
         return AIOutput(
-            done=done_since(started), part=input.part, fields=parsed.model_dump(), usage=usage
+            done=done_since(started, input.attempts_before),
+            part=input.part,
+            fields=parsed.model_dump(),
+            usage=usage,
         )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, now, record
+from activities.common import done_since, now, step_activity
 from core.models import CacheLookupInput, CacheLookupOutput
+from core.progress import Step, Tracker
 from core.settings import Settings
-from core.tiers import Step
 from db import analyses
+from db.pool import connection
 from providers.cache import ProfileCache
 
 
@@ -20,6 +21,7 @@ class CacheActivities:
         self._settings = settings
 
     @activity.defn
+    @step_activity
     async def check_cache(self, input: CacheLookupInput) -> CacheLookupOutput:
         """A cached profile fresh enough for the tier (24 h / 12 h / 6 h), or nothing."""
         started = now()
@@ -31,6 +33,8 @@ class CacheActivities:
             if age <= self._settings.cache_ttl_seconds(input.tier):
                 profile = cached
         done = done_since(started)
-        async with self._pool.acquire() as conn:
-            await analyses.record_step(conn, input.run_id, record(Step.check_cache, done))
+        progress = Tracker(input.progress)
+        progress.done(Step.check_cache, done)
+        async with connection(self._pool) as conn:
+            await analyses.save_progress(conn, progress.document)
         return CacheLookupOutput(done=done, profile=profile, age_seconds=age)

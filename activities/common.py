@@ -1,95 +1,122 @@
-"""Helpers every activity uses: step timing and heartbeating around provider calls."""
+"""What every activity shares: its attempt, its errors sorted into expected outcomes,
+database outages and bugs, and heartbeats around provider calls."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from uuid import UUID
+from typing import Any, TypeVar
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from core.models import StepDone, StepRecord
-from core.tiers import Step
+from core.errors import DATABASE_UNAVAILABLE, PROVIDER_UNAVAILABLE, internal_error
+from core.progress import Progress, StepDone
 from db import analyses
+from db.errors import UNAVAILABLE
+from db.pool import connection
 
-log = logging.getLogger(__name__)
-
-RECORD_RUNNING_AFTER = 0.25  # seconds
+SAVE_RUNNING_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
 
-
-def expected(error: ApplicationError) -> ApplicationError:
-    """Logs an expected outcome (a business failure, a provider's failure that will be
-    retried) in one line carrying the run, and returns it to be raised."""
-    if error.non_retryable:
-        activity.logger.info("%s: %s", error.type, error.message)
-    else:
-        activity.logger.warning(
-            "%s: %s (attempt %d; retried by the step's policy)",
-            error.type,
-            error.message,
-            activity.info().attempt,
-        )
-    return error
+Activity = TypeVar("Activity", bound=Callable[..., Awaitable[Any]])
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def done_since(started_at: datetime) -> StepDone:
-    return StepDone(started_at=started_at, finished_at=now(), attempt=activity.info().attempt)
+def attempt(attempts_before: int = 0) -> int:
+    """The step's attempt: the tries of earlier executions (provider failures the workflow
+    counted), plus this execution's own (a lost worker is retried by Temporal)."""
+    return attempts_before + activity.info().attempt
 
 
-def record(step: Step, done: StepDone) -> StepRecord:
-    return StepRecord(
-        name=step,
-        status="done",
-        started_at=done.started_at,
-        finished_at=done.finished_at,
-        attempt=done.attempt,
+def done_since(started_at: datetime, attempts_before: int = 0) -> StepDone:
+    return StepDone(started_at=started_at, finished_at=now(), attempt=attempt(attempts_before))
+
+
+def expected(error: ApplicationError) -> ApplicationError:
+    """Logs an expected outcome (a business failure, a provider's failure) in one line
+    carrying the run, and returns it to be raised."""
+    details = error.details[0] if error.details else {}
+    tried = (
+        f" (attempt {details['attempt']})"
+        if isinstance(details, dict) and "attempt" in details
+        else ""
     )
+    log = activity.logger.warning if error.type == PROVIDER_UNAVAILABLE else activity.logger.info
+    log("%s: %s%s", error.type, error.message, tried)
+    return error
 
 
-def running(step: Step, started_at: datetime) -> StepRecord:
-    return StepRecord(
-        name=step, status="running", started_at=started_at, attempt=activity.info().attempt
-    )
+def step_activity(body: Activity) -> Activity:
+    """Sorts what an activity raises: expected outcomes (ApplicationError) and
+    cancellation pass as they are; a database that cannot be reached is retried by the
+    step's policy (an outage delays a run, it does not fail it); anything else is our bug:
+    logged with its traceback, and the run fails, refunded, rather than retrying forever."""
+    return _sorting_errors(body, bugs_end_the_run=True)
+
+
+def never_giving_up(body: Activity) -> Activity:
+    """As `step_activity`, for the compensation: a refund is never given up on, so even our
+    bug is retried (logged with its traceback each time) until it is fixed."""
+    return _sorting_errors(body, bugs_end_the_run=False)
+
+
+def _sorting_errors(body: Activity, *, bugs_end_the_run: bool) -> Activity:
+    @functools.wraps(body)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await body(*args, **kwargs)
+        except (ApplicationError, asyncio.CancelledError):
+            raise
+        except UNAVAILABLE as exc:
+            activity.logger.warning("database unavailable: %r (attempt %d)", exc, attempt())
+            raise ApplicationError(
+                f"database unavailable: {exc!r}",
+                type=DATABASE_UNAVAILABLE,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from exc
+        except Exception as exc:
+            activity.logger.exception("bug in %s (attempt %d)", body.__name__, attempt())
+            if bugs_end_the_run:
+                raise internal_error(f"{type(exc).__name__} in {body.__name__}") from exc
+            raise
+
+    return run  # type: ignore[return-value]
 
 
 @asynccontextmanager
-async def provider_call(
-    pool: asyncpg.Pool, run_id: UUID, step: Step, started_at: datetime
-) -> AsyncIterator[None]:
-    """Wraps a call to a provider: heartbeats so a cancel request reaches it, and records the
-    step as running for the progress fallback.
+async def provider_call(pool: asyncpg.Pool, progress: Progress) -> AsyncIterator[None]:
+    """Wraps a call to a provider: heartbeats so a cancel request reaches it and a lost
+    worker is noticed, and keeps the run's progress document (this step running).
 
     Both start only once the call has lasted a while, so a fast call costs no database write
-    and no heartbeat round trip. The SDK throttles heartbeats to the server; beating every
-    second only makes a cancellation arrive as soon as the throttle allows.
+    and no heartbeat round trip. Keeping the document is best-effort: the call goes on
+    whether or not the database answers.
     """
 
-    async def record_running() -> None:
-        await asyncio.sleep(RECORD_RUNNING_AFTER)
+    async def keep_progress() -> None:
+        await asyncio.sleep(SAVE_RUNNING_AFTER)
         try:
-            async with pool.acquire() as conn:
-                await analyses.record_step(conn, run_id, running(step, started_at))
-        except Exception:  # progress is best-effort; the call goes on
-            log.warning("could not record %s as running for run %s", step, run_id, exc_info=True)
+            async with connection(pool, timeout=2) as conn:
+                await analyses.save_progress(conn, progress)
+        except Exception as exc:  # a database outage must not cost a paid call
+            activity.logger.info("progress not kept (%r); the call goes on", exc)
 
     async def heartbeat() -> None:
-        await asyncio.sleep(RECORD_RUNNING_AFTER)
+        await asyncio.sleep(SAVE_RUNNING_AFTER)
         while True:
             activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def watch() -> None:
-        await asyncio.gather(record_running(), heartbeat())
+        await asyncio.gather(keep_progress(), heartbeat())
 
     watcher = asyncio.create_task(watch())
     try:

@@ -1,15 +1,17 @@
-"""Step 5 (deduct credits) and the compensation that refunds a failed or cancelled run."""
+"""Step 5: deduct the run's credits, once, after checking it is still wanted and its
+business profile still exists."""
 
 from __future__ import annotations
 
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, expected, now, record
+from activities.common import done_since, expected, now, step_activity
 from core.errors import ErrorCode, business_error
-from core.models import BusinessContext, ChargeInput, ChargeOutput, FinishInput, FinishOutput
-from core.tiers import IN_FLIGHT, RunStatus, Step
+from core.models import BusinessContext, ChargeInput, ChargeOutput
+from core.progress import IN_FLIGHT, Tracker
 from db import analyses, business_profiles, credits
+from db.pool import connection
 
 
 class CreditActivities:
@@ -17,14 +19,13 @@ class CreditActivities:
         self._pool = pool
 
     @activity.defn
+    @step_activity
     async def deduct_credits(self, input: ChargeInput) -> ChargeOutput:
-        """Charges the run once, after checking it is still wanted and its business exists.
-
-        The run row lock orders this against a cancel request and the compensation, so a
-        charge can never land after the run was given up.
-        """
+        """The run row lock orders this against a cancel request and the compensation, so a
+        charge can never land after the run was given up. The run leaves `pending` in the
+        same transaction."""
         started = now()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with connection(self._pool) as conn, conn.transaction():
             run = await analyses.lock(conn, input.run_id)
             if run is None:
                 raise expected(
@@ -44,17 +45,12 @@ class CreditActivities:
                 movement = await credits.charge_run(
                     conn, account_id=input.account_id, run_id=input.run_id, cost=input.credits_cost
                 )
-            except credits.InsufficientCreditsError as exc:
-                raise expected(
-                    business_error(
-                        ErrorCode.insufficient_credits,
-                        f"the balance of {exc.balance} credits cannot cover {exc.cost}",
-                    )
-                ) from exc
+            except credits.InsufficientCredits as exc:
+                raise expected(business_error(ErrorCode.insufficient_credits, str(exc))) from exc
             done = done_since(started)
-            await analyses.record_step(
-                conn, input.run_id, record(Step.deduct_credits, done), status=RunStatus.processing
-            )
+            progress = Tracker(input.progress)
+            progress.charged(done)
+            await analyses.save_progress(conn, progress.document)
         return ChargeOutput(
             done=done,
             balance_after=movement.balance_after,
@@ -66,34 +62,3 @@ class CreditActivities:
                 target_audience=business["target_audience"],
             ),
         )
-
-    @activity.defn
-    async def finish_unsuccessful(self, input: FinishInput) -> FinishOutput:
-        """Refunds the run if it was charged and records it as failed or cancelled.
-
-        Safe to repeat: the refund has its own idempotency key and a finished run is left as
-        it is.
-        """
-        async with self._pool.acquire() as conn, conn.transaction():
-            run = await analyses.lock(conn, input.run_id)
-            if run is None:
-                return FinishOutput(refunded_credits=0, status=input.status)
-            if run["status"] == RunStatus.complete:
-                # Past the commit point the run keeps its charge, whatever asked otherwise.
-                return FinishOutput(
-                    refunded_credits=0, status=RunStatus.complete, lead_id=run["lead_id"]
-                )
-            refund = await credits.refund_run(
-                conn, account_id=run["account_id"], run_id=input.run_id
-            )
-            await analyses.finish_unsuccessful(
-                conn,
-                input.run_id,
-                status=input.status,
-                error_code=input.error.code,
-                error_message=input.error.message,
-                steps=input.steps,
-            )
-        # A run that had already ended (say the API failed it) keeps the status it has.
-        final = input.status if run["status"] in IN_FLIGHT else RunStatus(run["status"])
-        return FinishOutput(refunded_credits=refund.delta if refund else 0, status=final)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, expected, now, record
+from activities.common import done_since, expected, now, step_activity
 from core.errors import ErrorCode, business_error
-from core.models import SaveResultInput, SaveResultOutput, StepRecord
-from core.tiers import IN_FLIGHT, Step
+from core.models import SaveResultInput, SaveResultOutput
+from core.progress import IN_FLIGHT, StepDone, Tracker
 from db import analyses, leads
+from db.pool import connection
 
 
 class ResultActivities:
@@ -22,9 +23,10 @@ class ResultActivities:
         self._pool = pool
 
     @activity.defn
+    @step_activity
     async def save_result(self, input: SaveResultInput) -> SaveResultOutput:
         started = now()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with connection(self._pool) as conn, conn.transaction():
             run = await analyses.lock(conn, input.run_id)
             if run is None or run["status"] not in IN_FLIGHT or run["cancel_requested_at"]:
                 raise expected(business_error(ErrorCode.run_cancelled, "the run was cancelled"))
@@ -39,31 +41,20 @@ class ResultActivities:
             )
             upserted = done_since(started)
             saved = done_since(upserted.finished_at)
-            steps = _with(
-                input.steps,
-                record(Step.upsert_lead, upserted),
-                record(Step.save_analysis, saved),
-                StepRecord(
-                    name=Step.complete,
-                    status="done",
-                    started_at=saved.finished_at,
-                    finished_at=saved.finished_at,
-                    attempt=saved.attempt,
-                ),
+            completed = StepDone(
+                started_at=saved.finished_at, finished_at=saved.finished_at, attempt=saved.attempt
             )
+            progress = Tracker(input.progress)
+            progress.completed(upserted, saved, completed)
             await analyses.complete(
                 conn,
-                input.run_id,
+                progress.document,
                 lead_id=lead_id,
                 result=input.analysis,
                 cost=input.cost.model_dump(mode="json")
                 | {"ai_usd": input.cost.ai_usd, "total_usd": input.cost.total_usd},
                 credits_charged=run["credits_cost"],
-                steps=steps,
             )
-        return SaveResultOutput(lead_id=lead_id, upserted=upserted, saved=saved)
-
-
-def _with(steps: list[StepRecord], *updates: StepRecord) -> list[StepRecord]:
-    by_name = {s.name: s for s in steps} | {u.name: u for u in updates}
-    return [by_name.get(step, StepRecord(name=step)) for step in Step]
+        return SaveResultOutput(
+            lead_id=lead_id, upserted=upserted, saved=saved, completed=completed
+        )

@@ -2,32 +2,21 @@
 
 Storing is done here, right after the scrape, rather than as an activity of its own: it saves
 a workflow round trip per run, and a cache that cannot be written is not worth failing or
-retrying a scrape for. The step is recorded as failed and the run goes on.
+retrying a paid scrape for. The step is reported failed and the run goes on.
 """
 
 from __future__ import annotations
 
-import logging
-
 import asyncpg
 from temporalio import activity
 
-from activities.common import done_since, expected, now, provider_call, record
-from core.errors import ErrorCode, business_error, provider_failure
-from core.models import ScrapeInput, ScrapeOutput, StepRecord
+from activities.common import attempt, done_since, expected, now, provider_call, step_activity
+from core.errors import ErrorCode, business_error, provider_unavailable
+from core.models import ScrapeInput, ScrapeOutput
 from core.settings import Settings
-from core.tiers import Step
-from db import analyses
-from providers.apify import (
-    ApifyScraper,
-    PrivateProfileError,
-    ProfileNotFoundError,
-    ScrapeRejectedError,
-    ScrapeUnavailableError,
-)
+from providers.apify import ApifyScraper
 from providers.cache import ProfileCache
-
-log = logging.getLogger(__name__)
+from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, ProviderUnavailable
 
 
 class ScrapeActivities:
@@ -40,40 +29,41 @@ class ScrapeActivities:
         self._settings = settings
 
     @activity.defn
+    @step_activity
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
+        tried = attempt(input.attempts_before)
         try:
-            async with provider_call(self._pool, input.run_id, Step.scrape_profile, started):
+            async with provider_call(self._pool, input.progress):
                 profile = await self._scraper.scrape(input.username)
-        except ProfileNotFoundError as exc:
-            raise expected(business_error(ErrorCode.profile_not_found, str(exc))) from exc
-        except PrivateProfileError as exc:
-            raise expected(business_error(ErrorCode.profile_private, str(exc))) from exc
-        except ScrapeRejectedError as exc:
-            raise expected(business_error(ErrorCode.scrape_failed, str(exc))) from exc
-        except ScrapeUnavailableError as exc:
-            raise expected(provider_failure(ErrorCode.scrape_failed, str(exc))) from exc
-        scraped = done_since(started)
+        except ProfileNotFound as exc:
+            raise expected(
+                business_error(ErrorCode.profile_not_found, exc.message, provider=exc.provider)
+            ) from exc
+        except ProfilePrivate as exc:
+            raise expected(
+                business_error(ErrorCode.profile_private, exc.message, provider=exc.provider)
+            ) from exc
+        except ProviderRejected as exc:
+            raise expected(
+                business_error(
+                    ErrorCode.scrape_failed, exc.message, provider=exc.provider, attempt=tried
+                )
+            ) from exc
+        except ProviderUnavailable as exc:
+            raise expected(provider_unavailable(exc.provider, exc.message, tried)) from exc
+        scraped = done_since(started, input.attempts_before)
 
+        stored = True
         try:
             await self._cache.put(profile)
-            stored: StepRecord = record(Step.store_in_cache, done_since(scraped.finished_at))
-        except Exception:
-            log.warning("could not store @%s in the cache", input.username, exc_info=True)
-            stored = StepRecord(
-                name=Step.store_in_cache,
-                status="failed",
-                started_at=scraped.finished_at,
-                finished_at=now(),
-                attempt=scraped.attempt,
-            )
-        async with self._pool.acquire() as conn:
-            await analyses.record_step(
-                conn, input.run_id, record(Step.scrape_profile, scraped), stored
-            )
+        except Exception as exc:
+            activity.logger.warning("@%s not stored in the cache: %r", input.username, exc)
+            stored = False
         return ScrapeOutput(
             done=scraped,
             profile=profile,
             cost_usd=self._settings.apify_usd_per_profile,
+            store=done_since(scraped.finished_at, input.attempts_before),
             stored=stored,
         )

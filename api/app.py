@@ -10,7 +10,7 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors, openapi
+from api import errors, openapi, runs
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import analysis, business_profiles, credits, health
 from core import temporal
@@ -43,11 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.pool = await create_pool(
-            dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            connect_timeout=settings.db_connect_timeout_seconds,
         )
         # Lazy: the API starts, and answers health and progress, while Temporal is down.
         app.state.temporal = await temporal.connect(settings, lazy=True)
-        app.state.query_breaker = analysis.QueryBreaker()
+        app.state.query_breaker = runs.QueryBreaker()
         try:
             yield
         finally:

@@ -22,7 +22,7 @@ from api.errors import Forbidden, Invalid, Unauthorized
 from core.auth import InvalidToken, verify_token
 from core.settings import Settings
 from db import accounts
-from db.pool import Connection
+from db.pool import Connection, connection
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT (HS256) whose `sub` is the user id")
 
@@ -64,19 +64,23 @@ CurrentUser = Annotated[UUID, Depends(current_user_id)]
 
 @dataclass
 class TenantScope:
-    """The account a request acts for, and a way to open transactions scoped to it."""
+    """The account a request acts for, and a way to open transactions scoped to it.
+
+    A connection is held only for the length of a transaction, never across a call to
+    Temporal: a request waiting on Temporal holds none of the pool.
+    """
 
     user_id: UUID
     account_id: UUID
     role: str
-    conn: Connection
+    pool: asyncpg.Pool
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """Commits on success, rolls back on error; RLS sees only this account."""
-        async with self.conn.transaction():
-            await _set_tenant(self.conn, self.user_id, self.account_id)
-            yield self.conn
+        async with connection(self.pool) as conn, conn.transaction():
+            await _set_tenant(conn, self.user_id, self.account_id)
+            yield conn
 
 
 async def _set_tenant(conn: Connection, user_id: UUID, account_id: UUID | None) -> None:
@@ -97,28 +101,27 @@ async def tenant(
             examples=["8d3f2c1e-5b7a-4e0f-9a6d-2c4b1e7f0a93"],
         ),
     ] = None,
-) -> AsyncIterator[TenantScope]:
+) -> TenantScope:
     pool: asyncpg.Pool = request.app.state.pool
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await _set_tenant(conn, user_id, None)
-            members = await accounts.memberships(conn)
-        roles = {m["account_id"]: m["role"] for m in members}
-        if x_account_id is not None:
-            if x_account_id not in roles:
-                raise Forbidden("You are not a member of this account.", field="X-Account-Id")
-            account_id = x_account_id
-        elif len(roles) == 1:
-            account_id = next(iter(roles))
-        elif not roles:
-            raise Forbidden("This user belongs to no account.")
-        else:
-            raise Invalid(
-                "This user belongs to several accounts: say which with X-Account-Id.",
-                code="account_required",
-                field="X-Account-Id",
-            )
-        yield TenantScope(user_id=user_id, account_id=account_id, role=roles[account_id], conn=conn)
+    async with connection(pool) as conn, conn.transaction():
+        await _set_tenant(conn, user_id, None)
+        members = await accounts.memberships(conn)
+    roles = {m["account_id"]: m["role"] for m in members}
+    if x_account_id is not None:
+        if x_account_id not in roles:
+            raise Forbidden("You are not a member of this account.", field="X-Account-Id")
+        account_id = x_account_id
+    elif len(roles) == 1:
+        account_id = next(iter(roles))
+    elif not roles:
+        raise Forbidden("This user belongs to no account.")
+    else:
+        raise Invalid(
+            "This user belongs to several accounts: say which with X-Account-Id.",
+            code="account_required",
+            field="X-Account-Id",
+        )
+    return TenantScope(user_id=user_id, account_id=account_id, role=roles[account_id], pool=pool)
 
 
 Tenant = Annotated[TenantScope, Depends(tenant)]

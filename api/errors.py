@@ -10,7 +10,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
+
+from db import credits
+from db.errors import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,6 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
-
-
-class InsufficientCredits(ApiError):
-    status, code = 402, "insufficient_credits"
 
 
 class Invalid(ApiError):
@@ -211,6 +209,20 @@ def install(app: FastAPI) -> None:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    @app.exception_handler(credits.InsufficientCredits)
+    async def insufficient_credits(
+        request: Request, exc: credits.InsufficientCredits
+    ) -> JSONResponse:
+        return _envelope(
+            request,
+            402,
+            "insufficient_credits",
+            str(exc),
+            balance=exc.balance,
+            promised=exc.promised,
+            credits_cost=exc.cost,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -249,12 +261,6 @@ def install(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(asyncpg.TooManyConnectionsError)
-    @app.exception_handler(asyncpg.CannotConnectNowError)
-    @app.exception_handler(OSError)
-    @app.exception_handler(TimeoutError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable: %r", exc, extra={"request_id": request_id(request)})
         response = _envelope(
@@ -262,6 +268,11 @@ def install(app: FastAPI) -> None:
         )
         response.headers["Retry-After"] = "5"
         return response
+
+    # Only errors that mean the database is unavailable: never an OSError or a timeout
+    # from elsewhere (db.pool.connection turns a failed connect into DatabaseUnavailable).
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,8 +10,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import examples
-from core.models import CostBreakdown, RunError, StepRecord
-from core.tiers import RunStatus, Step, Tier
+from core.models import CostBreakdown
+from core.progress import RunError, RunStatus, Step, StepRecord
+from core.tiers import Tier
 
 # Instagram's rules for a handle, with the leading @ this API ignores: 1-30 letters, digits,
 # '.' and '_', with no '.' first, last or twice in a row. One pattern for the check and the

@@ -32,12 +32,18 @@ from cli import stack
 from core import temporal
 from core.auth import mint_token
 from core.settings import Settings, describe, stack_env_path
+from db.accounts import create_with_owner
 from db.migrate import migrate, set_role_passwords
-from db.seed import create_account
 
 log = logging.getLogger("oslira.dev")
 
 DEMO_CREDITS = 100
+DEMO_BUSINESS = {
+    "name": "Demo business",
+    "description": "A boutique fitness studio that partners with creators.",
+    "offering": "Paid partnerships and affiliate deals for fitness and wellness creators",
+    "target_audience": "Fitness, food and lifestyle creators with engaged audiences",
+}
 
 
 class PortTaken(Exception):
@@ -332,7 +338,9 @@ async def _ensure_demo_account(settings: Settings, known: dict[str, str] | None)
             "SELECT 1 FROM accounts WHERE id = $1::uuid", known["account_id"]
         ):
             return known
-        created = await create_account(conn, name="Demo", credits_granted=DEMO_CREDITS)
+        created = await create_with_owner(
+            conn, name="Demo", credits_granted=DEMO_CREDITS, business=DEMO_BUSINESS
+        )
     finally:
         await conn.close()
     return {

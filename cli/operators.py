@@ -121,7 +121,6 @@ def accounts_create(
 ) -> None:
     """Create an account with an owner and a business profile; print them and a token as JSON."""
     from db import accounts
-    from db.seed import create_account
 
     name = _text(name, "--name", MAX_NAME)
     checked_email = _email(email)
@@ -134,7 +133,7 @@ def accounts_create(
             if checked_email and await accounts.email_taken(conn, checked_email):
                 raise Refused(f"a user with email {checked_email} already exists")
             try:
-                created = await create_account(
+                created = await accounts.create_with_owner(
                     conn, name=name, credits_granted=credits, email=checked_email
                 )
             except asyncpg.UniqueViolationError as exc:  # the same email, created meanwhile

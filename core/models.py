@@ -12,9 +12,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from core.tiers import RunStatus, Step, Tier
-
-StepState = Literal["pending", "running", "done", "skipped", "failed", "cancelled"]
+from core.progress import Progress, RunError, RunStatus, StepDone
+from core.tiers import Tier
 
 
 class Post(BaseModel):
@@ -66,30 +65,6 @@ class BusinessContext(BaseModel):
     target_audience: str = ""
 
 
-class StepRecord(BaseModel):
-    name: Step
-    status: StepState = "pending"
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    attempt: int = 0
-
-
-class RunError(BaseModel):
-    code: str
-    message: str
-
-
-class Progress(BaseModel):
-    """What the progress query answers (DESIGN.md section 3)."""
-
-    run_id: UUID
-    status: RunStatus
-    progress: int
-    current_step: Step | None
-    steps: list[StepRecord]
-    error: RunError | None = None
-
-
 class AIUsage(BaseModel):
     model: str
     input_tokens: int = 0
@@ -125,6 +100,8 @@ class AnalysisInput(BaseModel):
     credits_cost: int
     # None: scrape on the workflow's own task queue.
     scrape_task_queue: str | None = None
+    # When the API accepted the run (steps 1-4); None: when the workflow started.
+    accepted_at: datetime | None = None
 
 
 class AnalysisOutcome(BaseModel):
@@ -137,19 +114,12 @@ class AnalysisOutcome(BaseModel):
 # --- activities -----------------------------------------------------------------------
 
 
-class StepDone(BaseModel):
-    """When and on which attempt an activity did its step; part of every activity output."""
-
-    started_at: datetime
-    finished_at: datetime
-    attempt: int
-
-
 class ChargeInput(BaseModel):
     run_id: UUID
     account_id: UUID
     business_profile_id: UUID
     credits_cost: int
+    progress: Progress  # the workflow's document, this step running
 
 
 class ChargeOutput(BaseModel):
@@ -162,6 +132,7 @@ class CacheLookupInput(BaseModel):
     run_id: UUID
     username: str
     tier: Tier
+    progress: Progress
 
 
 class CacheLookupOutput(BaseModel):
@@ -173,14 +144,18 @@ class CacheLookupOutput(BaseModel):
 class ScrapeInput(BaseModel):
     run_id: UUID
     username: str
+    # Tries of earlier executions, ended by the provider's failures (the workflow's count).
+    attempts_before: int = 0
+    progress: Progress
 
 
 class ScrapeOutput(BaseModel):
     done: StepDone
     profile: Profile
     cost_usd: float
-    # Step 8, done by the scrape activity right after scraping.
-    stored: StepRecord | None = None
+    # Step 8, done by the scrape activity right after scraping; best-effort.
+    store: StepDone
+    stored: bool
 
 
 AIPart = Literal["fit_light", "fit_deep", "outreach", "psychographics"]
@@ -192,6 +167,8 @@ class AIInput(BaseModel):
     tier: Tier
     business: BusinessContext
     profile: Profile
+    attempts_before: int = 0
+    progress: Progress
 
 
 class AIOutput(BaseModel):
@@ -208,20 +185,18 @@ class SaveResultInput(BaseModel):
     profile: Profile
     analysis: dict[str, object]
     cost: CostBreakdown
-    steps: list[StepRecord]
+    progress: Progress
 
 
 class SaveResultOutput(BaseModel):
     lead_id: UUID
     upserted: StepDone
     saved: StepDone
+    completed: StepDone
 
 
 class FinishInput(BaseModel):
-    run_id: UUID
-    status: RunStatus  # failed or cancelled
-    error: RunError
-    steps: list[StepRecord]
+    progress: Progress  # its status failed or cancelled, with its error
 
 
 class FinishOutput(BaseModel):

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     # database, and how long it then skips queries after one timed out (no worker running).
     progress_query_timeout_seconds: float = 0.5
     progress_query_backoff_seconds: float = 10.0
+    # The longest the API waits for Temporal to start or cancel a workflow before it
+    # answers 503 (a start) or relies on the run's cancel flag (a cancel).
+    temporal_call_timeout_seconds: float = 2.0
+    # The longest the API waits for a database connection before it answers 503.
+    db_connect_timeout_seconds: float = 2.0
 
     @field_validator("jwt_secret")
     @classmethod

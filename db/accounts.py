@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
+from db import business_profiles, credits
 from db.pool import Connection
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    account_id: UUID
+    user_id: UUID
+    business_profile_id: UUID
+
+
+async def create_with_owner(
+    conn: Connection,
+    *,
+    name: str,
+    credits_granted: int,
+    email: str | None = None,
+    business: dict[str, str] | None = None,
+) -> NewAccount:
+    """An account, its owner, a first business profile (named after the account unless
+    `business` says otherwise) and an opening grant, in one transaction."""
+    async with conn.transaction():
+        account_id = await create_account(conn, name)
+        user_id = uuid4()
+        await ensure_user(conn, user_id, email)
+        await add_member(conn, account_id, user_id, "owner")
+        profile = await business_profiles.create(
+            conn, account_id=account_id, **({"name": name} | (business or {}))
+        )
+        await credits.open_balance(conn, account_id)
+        if credits_granted > 0:
+            await credits.grant(
+                conn,
+                account_id=account_id,
+                amount=credits_granted,
+                key=f"grant:opening:{account_id}",
+                description="opening grant",
+            )
+    return NewAccount(account_id=account_id, user_id=user_id, business_profile_id=profile["id"])
 
 
 async def create_account(conn: Connection, name: str) -> UUID:

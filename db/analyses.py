@@ -1,4 +1,16 @@
-"""Analysis runs: the request row the API creates and the workflow's persisted progress."""
+"""Analysis runs: the `analyses` row, written one way. Each field has one writer:
+
+- what the run is (id, account, business profile, requester, username, tier, cost,
+  idempotency key, request hash): the API, once, with `insert_pending` (steps 1-4);
+- the progress document (status while in flight, progress, current step, steps, version):
+  the workflow's `core.progress.Tracker`, carried by its activities, with `save_progress`;
+- the cancellation flag: the API, with `request_cancel` and `mark_not_started`;
+- a complete run's outcome (lead, result, cost, credits charged, end): the commit step,
+  with `complete`;
+- a failed or cancelled run's outcome (error, end): the compensation, with
+  `finish_unsuccessful`; the API, for runs that never started (`mark_not_started`,
+  `cancel_unstarted`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +19,7 @@ from uuid import UUID
 
 import asyncpg
 
-from core.models import StepRecord
-from core.tiers import RunStatus, Step
+from core.progress import Progress, RunError, RunStatus, Step, StepRecord
 from db.pool import Connection
 
 IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
@@ -16,7 +27,7 @@ IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
 _RUN_COLUMNS = """id, account_id, business_profile_id, username, analysis_type, credits_cost,
     status, progress, current_step, steps, error_code, error_message, idempotency_key,
     request_hash, cancel_requested_at, lead_id, result, cost, credits_charged,
-    created_at, updated_at, finished_at"""
+    created_at, updated_at, finished_at, progress_version"""
 
 
 def steps_json(steps: list[StepRecord]) -> dict[str, Any]:
@@ -28,22 +39,34 @@ def steps_from_json(value: dict[str, Any] | None) -> list[StepRecord]:
     return [StepRecord(name=step, **value.get(step.value, {})) for step in Step]
 
 
+def progress_of(row: asyncpg.Record) -> Progress:
+    """The progress document as the row keeps it."""
+    return Progress(
+        run_id=row["id"],
+        status=row["status"],
+        progress=row["progress"],
+        current_step=row["current_step"],
+        steps=steps_from_json(row["steps"]),
+        error=RunError(code=row["error_code"], message=row["error_message"] or "")
+        if row["error_code"]
+        else None,
+        version=row["progress_version"],
+    )
+
+
 # --- API side (tenant-scoped connection) ----------------------------------------------
 
 
 async def insert_pending(
     conn: Connection,
     *,
-    run_id: UUID,
     account_id: UUID,
     business_profile_id: UUID,
     requested_by: UUID,
     username: str,
     analysis_type: str,
     credits_cost: int,
-    progress: int,
-    current_step: Step,
-    steps: list[StepRecord],
+    progress: Progress,
     idempotency_key: str | None,
     request_hash: str,
 ) -> None:
@@ -53,16 +76,16 @@ async def insert_pending(
                analysis_type, credits_cost, progress, current_step, steps, idempotency_key,
                request_hash)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-        run_id,
+        progress.run_id,
         account_id,
         business_profile_id,
         requested_by,
         username,
         analysis_type,
         credits_cost,
-        progress,
-        current_step.value,
-        steps_json(steps),
+        progress.progress,
+        progress.current_step,
+        steps_json(progress.steps),
         idempotency_key,
         request_hash,
     )
@@ -187,54 +210,47 @@ async def lock(conn: Connection, run_id: UUID) -> asyncpg.Record | None:
     )
 
 
-async def record_step(
-    conn: Connection,
-    run_id: UUID,
-    *steps: StepRecord,
-    status: RunStatus | None = None,
-) -> None:
-    """Persists steps' state for the progress endpoint's fallback.
+async def save_progress(conn: Connection, progress: Progress) -> None:
+    """Keeps the workflow's progress document for when it cannot be asked.
 
-    Progress never goes back and a finished run is never touched, whatever order retried or
-    replayed activities write in.
+    Only a newer document replaces the kept one, and never on a finished run, whatever
+    order retried activities write in.
     """
-    progress = max(
-        (s.name.progress_after for s in steps if s.status in ("done", "skipped")), default=0
-    )
     await conn.execute(
         f"""UPDATE analyses
-            SET steps = steps || $2::jsonb,
-                progress = GREATEST(progress, $3),
-                current_step = $4,
-                status = coalesce($5, status),
-                updated_at = now()
-            WHERE id = $1 AND {IN_FLIGHT_SQL}""",
-        run_id,
-        steps_json(list(steps)),
-        progress,
-        steps[-1].name.value,
-        status.value if status else None,
+            SET status = $2, progress = $3, current_step = $4, steps = $5,
+                progress_version = $6, updated_at = now()
+            WHERE id = $1 AND {IN_FLIGHT_SQL} AND progress_version < $6""",
+        progress.run_id,
+        progress.status,
+        progress.progress,
+        progress.current_step,
+        steps_json(progress.steps),
+        progress.version,
     )
 
 
 async def complete(
     conn: Connection,
-    run_id: UUID,
+    progress: Progress,
     *,
     lead_id: UUID,
     result: dict[str, Any],
     cost: dict[str, Any],
     credits_charged: int,
-    steps: list[StepRecord],
 ) -> None:
+    """The commit point's write: the run is complete, with its result and final progress."""
     await conn.execute(
         """UPDATE analyses
-           SET status = 'complete', progress = 100, current_step = 'complete',
-               steps = $2, lead_id = $3, result = $4, cost = $5, credits_charged = $6,
-               updated_at = now(), finished_at = now()
+           SET status = 'complete', progress = $2, current_step = $3, steps = $4,
+               progress_version = $5, lead_id = $6, result = $7, cost = $8,
+               credits_charged = $9, updated_at = now(), finished_at = now()
            WHERE id = $1""",
-        run_id,
-        steps_json(steps),
+        progress.run_id,
+        progress.progress,
+        progress.current_step,
+        steps_json(progress.steps),
+        progress.version,
         lead_id,
         result,
         cost,
@@ -242,24 +258,19 @@ async def complete(
     )
 
 
-async def finish_unsuccessful(
-    conn: Connection,
-    run_id: UUID,
-    *,
-    status: RunStatus,
-    error_code: str,
-    error_message: str,
-    steps: list[StepRecord],
-) -> None:
+async def finish_unsuccessful(conn: Connection, progress: Progress) -> None:
     """Records the end of a failed or cancelled run; a run already finished keeps its end."""
+    assert progress.status in (RunStatus.failed, RunStatus.cancelled) and progress.error
     await conn.execute(
         f"""UPDATE analyses
             SET status = $2, error_code = $3, error_message = $4, steps = $5,
-                credits_charged = 0, updated_at = now(), finished_at = now()
+                progress_version = $6, credits_charged = 0, updated_at = now(),
+                finished_at = now()
             WHERE id = $1 AND {IN_FLIGHT_SQL}""",
-        run_id,
-        status.value,
-        error_code,
-        error_message,
-        steps_json(steps),
+        progress.run_id,
+        progress.status,
+        progress.error.code,
+        progress.error.message,
+        steps_json(progress.steps),
+        progress.version,
     )

@@ -15,11 +15,15 @@ from uuid import UUID
 from db.pool import Connection
 
 
-class InsufficientCreditsError(Exception):
-    def __init__(self, balance: int, cost: int) -> None:
-        super().__init__(f"balance {balance} cannot cover {cost} credits")
+class InsufficientCredits(Exception):
+    """The balance (less what accepted runs will still charge) cannot cover a cost."""
+
+    def __init__(self, balance: int, cost: int, promised: int = 0) -> None:
+        promise = f", less {promised} promised to runs not yet started," if promised else ""
+        super().__init__(f"The balance of {balance} credits{promise} cannot cover {cost}.")
         self.balance = balance
         self.cost = cost
+        self.promised = promised
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ async def _move(
         current = await conn.fetchval(
             "SELECT balance FROM credit_balances WHERE account_id = $1", account_id
         )
-        raise InsufficientCreditsError(int(current or 0), -delta)
+        raise InsufficientCredits(int(current or 0), -delta)
     await conn.execute(
         """INSERT INTO credit_ledger
                (account_id, delta, balance_after, kind, run_id, reference, description,

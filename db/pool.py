@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from db.errors import DatabaseUnavailable
 
 # What query functions take: a plain connection or one borrowed from a pool.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -23,7 +27,9 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 20, connect_timeout: float = 10
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -32,6 +38,21 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         # Role, tenant and statement settings are per transaction, so a connection
         # returned to the pool carries nothing over; keep asyncpg's reset anyway.
         command_timeout=30,
+        timeout=connect_timeout,
     )
     assert pool is not None
     return pool
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIterator[Connection]:
+    """A pooled connection; failing to get one raises DatabaseUnavailable (a connect that
+    is refused, reset or too slow), never a bare OSError or TimeoutError."""
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"no database connection: {exc!r}") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)

@@ -7,17 +7,12 @@ import hashlib
 import openai
 from pydantic import BaseModel
 
-from core.analysis import SCHEMAS, instructions, profile_input
 from core.models import AIPart, AIUsage, BusinessContext, Profile
+from core.prompts import SCHEMAS, instructions, profile_input
 from core.settings import ModelPrice
+from providers.errors import ProviderRejected, ProviderUnavailable
 
-
-class AIUnavailableError(Exception):
-    """A failure that may pass: rate limit, timeout, server trouble."""
-
-
-class AIRejectedError(Exception):
-    """The request itself was refused or the answer unusable: retrying cannot help."""
+OPENAI = "OpenAI"
 
 
 class OpenAIAnalyzer:
@@ -42,17 +37,19 @@ class OpenAIAnalyzer:
             openai.APIConnectionError,
             openai.RateLimitError,
             openai.InternalServerError,
-        ) as exc:
-            raise AIUnavailableError(f"OpenAI unavailable: {exc}") from exc
+        ) as exc:  # refused, reset, dropped, timed out; 429; 5xx
+            raise ProviderUnavailable(OPENAI, f"OpenAI unavailable: {exc}") from exc
         except openai.APIStatusError as exc:
             if exc.status_code in (408, 409) or exc.status_code >= 500:
-                raise AIUnavailableError(f"OpenAI answered {exc.status_code}") from exc
-            raise AIRejectedError(f"OpenAI answered {exc.status_code}: {exc.message}") from exc
+                raise ProviderUnavailable(OPENAI, f"OpenAI answered {exc.status_code}") from exc
+            raise ProviderRejected(
+                OPENAI, f"OpenAI answered {exc.status_code}: {exc.message}"
+            ) from exc
         except openai.OpenAIError as exc:  # malformed or refused structured output
-            raise AIRejectedError(f"OpenAI answer unusable: {exc}") from exc
+            raise ProviderRejected(OPENAI, f"OpenAI answer unusable: {exc}") from exc
         parsed = response.output_parsed
         if parsed is None:
-            raise AIRejectedError("OpenAI returned no structured output (refusal)")
+            raise ProviderRejected(OPENAI, "OpenAI returned no structured output (refusal)")
         return parsed, self._usage(model, response.usage)
 
     def _usage(self, model: str, usage: object) -> AIUsage:

@@ -8,22 +8,9 @@ from typing import Any
 import httpx
 
 from core.models import Post, Profile
+from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, ProviderUnavailable
 
-
-class ProfileNotFoundError(Exception):
-    pass
-
-
-class PrivateProfileError(Exception):
-    pass
-
-
-class ScrapeUnavailableError(Exception):
-    """A failure that may pass: rate limit, timeout, provider trouble."""
-
-
-class ScrapeRejectedError(Exception):
-    """The provider refused the request itself (bad token, bad input): retrying cannot help."""
+APIFY = "Apify"
 
 
 class ApifyScraper:
@@ -37,21 +24,26 @@ class ApifyScraper:
             response = await self._client.post(
                 self._path, params={"token": self._token}, json={"usernames": [username]}
             )
-        except httpx.TransportError as exc:
-            raise ScrapeUnavailableError(f"Apify unreachable: {exc!r}") from exc
+        except httpx.TransportError as exc:  # refused, reset, dropped, timed out
+            raise ProviderUnavailable(APIFY, f"Apify unreachable: {exc!r}") from exc
         if response.status_code in (408, 429) or response.status_code >= 500:
-            raise ScrapeUnavailableError(f"Apify answered {response.status_code}")
+            raise ProviderUnavailable(APIFY, f"Apify answered {response.status_code}")
         if response.status_code >= 400:
-            raise ScrapeRejectedError(f"Apify answered {response.status_code}: {response.text}")
-        items = response.json()
+            raise ProviderRejected(
+                APIFY, f"Apify answered {response.status_code}: {response.text[:500]}"
+            )
+        try:
+            items = response.json()
+        except ValueError as exc:
+            raise ProviderUnavailable(APIFY, "Apify answered something other than JSON") from exc
         if not isinstance(items, list):
-            raise ScrapeUnavailableError("Apify answered something other than a list of items")
+            raise ProviderUnavailable(APIFY, "Apify answered something other than a list")
         item = _item_for(items, username)
         if item is None:
-            raise ProfileNotFoundError(f"@{username} does not exist")
+            raise ProfileNotFound(APIFY, f"@{username} does not exist")
         profile = parse_profile(item)
         if profile.is_private:
-            raise PrivateProfileError(f"@{username} is private")
+            raise ProfilePrivate(APIFY, f"@{username} is private")
         return profile
 
 

@@ -25,8 +25,8 @@ from core import temporal
 from core.auth import mint_token
 from core.settings import Settings
 from db import credits
+from db.accounts import create_with_owner
 from db.migrate import migrate
-from db.seed import create_account
 
 JWT_SECRET = secrets.token_urlsafe(32)
 
@@ -166,7 +166,7 @@ async def new_account(
 
     async def make(credits_granted: int = 100, name: str = "Test") -> Account:
         async with system_pool.acquire() as conn:
-            created = await create_account(conn, name=name, credits_granted=credits_granted)
+            created = await create_with_owner(conn, name=name, credits_granted=credits_granted)
         account = Account(
             account_id=created.account_id,
             user_id=created.user_id,

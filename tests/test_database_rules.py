@@ -19,7 +19,7 @@ import pytest
 
 from core.auth import mint_token
 from db import credits
-from db.seed import create_account
+from db.accounts import create_with_owner
 from tests.conftest import Account
 from tests.helpers import start_ok, wait_for
 
@@ -92,7 +92,7 @@ async def world(api, system_pool, settings) -> AsyncIterator[World]:
     made = []
     for name in ("A", "B"):
         async with system_pool.acquire() as conn:
-            created = await create_account(conn, name=name, credits_granted=50)
+            created = await create_with_owner(conn, name=name, credits_granted=50)
         token = mint_token(settings, created.user_id, valid_for=timedelta(hours=1))
         account = Account(created.account_id, created.user_id, created.business_profile_id, token)
         # A finished run through the whole stack: a lead, a charge, a result.

@@ -78,7 +78,7 @@ async def test_concurrent_charges_never_overdraw(new_account, system_pool):
     ]
     refused = [result for result in results if isinstance(result, Exception)]
     assert len(charged) == 3
-    assert all(isinstance(e, credits.InsufficientCreditsError) for e in refused)
+    assert all(isinstance(e, credits.InsufficientCredits) for e in refused)
     assert (
         await system_pool.fetchval(
             "SELECT balance FROM credit_balances WHERE account_id = $1", account.account_id

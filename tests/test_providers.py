@@ -8,18 +8,12 @@ import httpx
 import openai
 import pytest
 
-from core.analysis import SCHEMAS
 from core.models import BusinessContext
+from core.prompts import SCHEMAS
 from core.settings import DEFAULT_MODEL_PRICES
 from providers.ai import OpenAIAnalyzer
-from providers.apify import (
-    ApifyScraper,
-    PrivateProfileError,
-    ProfileNotFoundError,
-    ScrapeRejectedError,
-    ScrapeUnavailableError,
-    parse_profile,
-)
+from providers.apify import ApifyScraper, parse_profile
+from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, ProviderUnavailable
 from simulators.apify import profile_item
 
 
@@ -39,15 +33,15 @@ async def test_scraper_reads_a_profile_with_its_posts(scraper):
 
 
 async def test_scraper_maps_failures(scraper, servers):
-    with pytest.raises(ProfileNotFoundError):
+    with pytest.raises(ProfileNotFound):
         await scraper.scrape("notfound_someone")
-    with pytest.raises(PrivateProfileError):
+    with pytest.raises(ProfilePrivate):
         await scraper.scrape("private_someone")
-    with pytest.raises(ScrapeUnavailableError):
+    with pytest.raises(ProviderUnavailable):
         await scraper.scrape(f"flaky_{uuid4().hex[:6]}")
     async with httpx.AsyncClient(base_url=servers.simulator_url) as client:
         no_token = ApifyScraper(client, token="", actor="apify~instagram-profile-scraper")
-        with pytest.raises(ScrapeRejectedError):
+        with pytest.raises(ProviderRejected):
             await no_token.scrape("natgeo")
 
 
@@ -65,7 +59,7 @@ async def test_error_items_count_as_not_found(servers):
         return httpx.Response(201, json=[{"url": "https://instagram.com/x", "error": "not_found"}])
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(respond), base_url="http://a") as c:
-        with pytest.raises(ProfileNotFoundError):
+        with pytest.raises(ProfileNotFound):
             await ApifyScraper(c, token="t", actor="a").scrape("x")
 
 

@@ -1,4 +1,4 @@
-"""AnalysisWorkflow: steps 5-12 of one analysis run (DESIGN.md section 3).
+"""AnalysisWorkflow: steps 5-12 of one analysis run (DESIGN.md sections 3 and 11).
 
 Layout, chosen for latency without losing per-step retries:
 - database steps (5 deduct, 6 cache check, 10-12 commit) are local activities: they run
@@ -10,21 +10,37 @@ Layout, chosen for latency without losing per-step retries:
 - steps 10, 11 and 12 are one transaction, the commit point: lead, analysis and status
   land together or not at all.
 
+What our own infrastructure does to a run delays it, never fails it: database steps retry
+until the database answers, and a provider activity lost with its worker is retried by
+Temporal without limit. What a provider does is counted: each failure of the provider
+(5xx, 429, timeout, dropped connection) ends the activity, and this workflow tries again
+after a pause until the step's provider budget is spent.
+
 Failures after the charge are compensated by one local activity that refunds (once, by its
 idempotency key) and records the final status. Compensation and the commit step run shielded
 from cancellation, so a cancel cannot interrupt them half-way.
+
+The progress document is built by `core.progress.Tracker` here; activities carry it to the
+`analyses` row (db/analyses.py names every field's writer).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -36,11 +52,11 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from activities.ai import AIActivities
     from activities.cache import CacheActivities
+    from activities.compensation import CompensationActivities
     from activities.credits import CreditActivities
     from activities.results import ResultActivities
     from activities.scrape import ScrapeActivities
-    from core.analysis import TIER_PARTS
-    from core.errors import ErrorCode, code_for_type
+    from core.errors import PROVIDER_UNAVAILABLE, ErrorCode, code_for_type, user_message
     from core.models import (
         AIInput,
         AIOutput,
@@ -52,14 +68,12 @@ with workflow.unsafe.imports_passed_through():
         CostBreakdown,
         FinishInput,
         Profile,
-        Progress,
-        RunError,
         SaveResultInput,
         ScrapeInput,
-        StepDone,
-        StepRecord,
     )
-    from core.tiers import API_STEPS, RunStatus, Step
+    from core.progress import Progress, RunError, RunStatus, Step, StepDone, Tracker
+    from core.prompts import TIER_PARTS
+    from core.temporal import workflow_id
 
 T = TypeVar("T")
 
@@ -68,46 +82,73 @@ ANALYSIS_TYPE = SearchAttributeKey.for_keyword("AnalysisType")
 USERNAME = SearchAttributeKey.for_keyword("Username")
 RUN_STATUS = SearchAttributeKey.for_keyword("RunStatus")
 
-# Retry policies (DESIGN.md section 3). Business failures are raised non-retryable by the
-# activities themselves, so these only ever retry what may pass.
+# Database steps, the charge, the commit and the compensation alike, retry until the
+# database answers: an outage of minutes delays a run, and the refund is never given up on.
+# Business failures and our own bugs are raised non-retryable by the activities.
 DB_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
-    maximum_attempts=8,
-)
-# A refund is never given up on: compensation retries until the database answers, and an
-# operator sees the attempts in the UI meanwhile.
-COMPENSATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=500),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
     maximum_attempts=0,
 )
+# A cache that cannot be read is a miss after this.
 CACHE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=2),
     maximum_attempts=3,
 )
-SCRAPE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=3,
-)
-AI_RETRY = RetryPolicy(
+# What Temporal retries of a provider activity: only what is not the provider's doing (a
+# worker lost mid-call, noticed by its heartbeat). Provider failures end the activity.
+LOST_WORKER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
-    maximum_attempts=2,
+    maximum_attempts=0,
 )
 
+
+@dataclass(frozen=True)
+class ProviderBudget:
+    """How many failures of its provider a step bears, and the pauses between tries."""
+
+    attempts: int
+    first_pause: timedelta
+    max_pause: timedelta
+
+    def pause(self, failures: int) -> timedelta:
+        return min(self.first_pause * 2 ** (failures - 1), self.max_pause)
+
+
+# Eight tries over about 90 s: with 30% of calls failing, a deep run (three calls) still
+# completes 99.98% of the time, and a provider's bad minute is waited out.
+SCRAPE_BUDGET = ProviderBudget(8, timedelta(seconds=1), timedelta(seconds=30))
+AI_BUDGET = ProviderBudget(8, timedelta(seconds=1), timedelta(seconds=30))
+
 DB_TIMEOUT = timedelta(seconds=15)
-# Apify answers 408 to a synchronous run past 300 s.
+# Apify answers 408 to a synchronous run past 300 s; our client gives up at 320 s.
 SCRAPE_TIMEOUT = timedelta(seconds=330)
 AI_TIMEOUT = timedelta(seconds=150)
 # Provider activities heartbeat every second; a worker that dies mid-call is noticed here.
 PROVIDER_HEARTBEAT = timedelta(seconds=5)
+
+
+def start_options(input: AnalysisInput, task_queue: str) -> dict[str, Any]:
+    """How a run's workflow is started, by the API's client or as a batch's child: its
+    id, its search attributes, a summary, and never twice for one run."""
+    return {
+        "id": workflow_id(input.run_id),
+        "task_queue": task_queue,
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(ACCOUNT_ID, str(input.account_id)),
+                SearchAttributePair(ANALYSIS_TYPE, input.tier.value),
+                SearchAttributePair(USERNAME, input.username),
+                SearchAttributePair(RUN_STATUS, RunStatus.pending.value),
+            ]
+        ),
+        "static_summary": f"{input.tier} analysis of @{input.username}",
+    }
 
 
 @workflow.defn
@@ -115,28 +156,14 @@ class AnalysisWorkflow:
     @workflow.init
     def __init__(self, input: AnalysisInput) -> None:
         self._input = input
-        self._status = RunStatus.pending
-        self._progress = Step.check_credits.progress_after
-        self._current: Step | None = Step.check_credits
-        self._error: RunError | None = None
+        self._tracker = Tracker.accepted(
+            input.run_id, input.accepted_at or workflow.info().start_time
+        )
         self._lead_id: UUID | None = None
-        started = workflow.info().start_time
-        self._steps = {step: StepRecord(name=step) for step in Step}
-        for step in API_STEPS:
-            self._steps[step] = StepRecord(
-                name=step, status="done", started_at=started, finished_at=started, attempt=1
-            )
 
     @workflow.query
     def progress(self) -> Progress:
-        return Progress(
-            run_id=self._input.run_id,
-            status=self._status,
-            progress=self._progress,
-            current_step=self._current,
-            steps=list(self._steps.values()),
-            error=self._error,
-        )
+        return self._tracker.document
 
     @workflow.run
     async def run(self, input: AnalysisInput) -> AnalysisOutcome:
@@ -148,58 +175,53 @@ class AnalysisWorkflow:
             if is_cancelled_exception(exc):
                 # Cancelled through Temporal (the API or an operator): refund, then end the
                 # workflow as cancelled, unless the commit had already landed.
-                await self._give_up(RunStatus.cancelled, ErrorCode.run_cancelled, "cancelled")
-                if self._status is RunStatus.complete:
+                await self._give_up(
+                    RunStatus.cancelled,
+                    RunError(code=ErrorCode.run_cancelled, message="Cancelled."),
+                )
+                if self._tracker.status is RunStatus.complete:
                     return self._outcome()
                 raise
             assert isinstance(exc, FailureError)
-            code, message = _describe(exc)
+            code, error = self._describe(exc)
             # run_cancelled here means a step saw the cancel flag on the run's row before
             # the Temporal cancel request arrived.
             status = RunStatus.cancelled if code is ErrorCode.run_cancelled else RunStatus.failed
-            await self._give_up(status, code, message)
-            if self._status is not RunStatus.failed:
+            await self._give_up(status, error)
+            if self._tracker.status is not RunStatus.failed:
                 return self._outcome()
-            raise ApplicationError(message, type=code.value, non_retryable=True) from exc
+            raise ApplicationError(error.message, type=code.value, non_retryable=True) from exc
 
     async def _analyse(self, input: AnalysisInput) -> AnalysisOutcome:
+        self._begin(Step.deduct_credits)
         charge = await self._local(
-            Step.deduct_credits,
             CreditActivities.deduct_credits,
             ChargeInput(
                 run_id=input.run_id,
                 account_id=input.account_id,
                 business_profile_id=input.business_profile_id,
                 credits_cost=input.credits_cost,
+                progress=self._tracker.document,
             ),
             DB_RETRY,
+            Step.deduct_credits,
         )
-        self._set_status(RunStatus.processing)
+        self._tracker.charged(charge.done)
+        self._status_changed()
 
         cost = CostBreakdown()
         profile = await self._cached_profile(input)
         if profile is not None:
             cost.cache_hit = True
-            self._skip(Step.scrape_profile, Step.store_in_cache)
+            self._tracker.skip(Step.scrape_profile, Step.store_in_cache)
         else:
-            scraped = await self._remote(
-                Step.scrape_profile,
-                ScrapeActivities.scrape_profile,
-                ScrapeInput(run_id=input.run_id, username=input.username),
-                SCRAPE_RETRY,
-                SCRAPE_TIMEOUT,
-                task_queue=input.scrape_task_queue or workflow.info().task_queue,
-            )
-            profile = scraped.profile
-            cost.apify_usd = scraped.cost_usd
-            if scraped.stored is not None:
-                self._record(scraped.stored)
+            profile, cost.apify_usd = await self._scrape(input)
 
         analysis = await self._analyse_with_ai(input, charge.business, profile, cost)
 
         self._begin(Step.upsert_lead)
         saved, cancel_requested = await _shielded(
-            self._execute_local(
+            self._local(
                 ResultActivities.save_result,
                 SaveResultInput(
                     run_id=input.run_id,
@@ -208,7 +230,7 @@ class AnalysisWorkflow:
                     profile=profile,
                     analysis=analysis,
                     cost=cost,
-                    steps=list(self._steps.values()),
+                    progress=self._tracker.document,
                 ),
                 DB_RETRY,
                 summary="steps 10-12: upsert lead, save analysis, complete (commit point)",
@@ -216,29 +238,62 @@ class AnalysisWorkflow:
         )
         if cancel_requested:
             workflow.logger.info("cancel requested after the commit point: the run completes")
-        self._finish(Step.upsert_lead, saved.upserted)
-        self._finish(Step.save_analysis, saved.saved)
-        self._finish(Step.complete, saved.saved)
+        self._tracker.completed(saved.upserted, saved.saved, saved.completed)
         self._lead_id = saved.lead_id
-        self._set_status(RunStatus.complete)
+        self._status_changed()
         return self._outcome()
 
     async def _cached_profile(self, input: AnalysisInput) -> Profile | None:
         """Step 6. A cache that cannot be read is a miss, not a failed run."""
+        self._begin(Step.check_cache)
         try:
             found = await self._local(
-                Step.check_cache,
                 CacheActivities.check_cache,
-                CacheLookupInput(run_id=input.run_id, username=input.username, tier=input.tier),
+                CacheLookupInput(
+                    run_id=input.run_id,
+                    username=input.username,
+                    tier=input.tier,
+                    progress=self._tracker.document,
+                ),
                 CACHE_RETRY,
+                Step.check_cache,
             )
         except FailureError as exc:
             if is_cancelled_exception(exc):
                 raise
             workflow.logger.warning("cache check failed, scraping instead: %s", exc)
-            self._steps[Step.check_cache].status = "failed"
+            self._tracker.failed(Step.check_cache, self._stopped_now(Step.check_cache))
             return None
+        self._tracker.done(Step.check_cache, found.done)
         return found.profile
+
+    async def _scrape(self, input: AnalysisInput) -> tuple[Profile, float]:
+        """Steps 7 and 8."""
+        self._begin(Step.scrape_profile)
+
+        def scrape(attempts_before: int) -> Awaitable[Any]:
+            return workflow.execute_activity_method(
+                ScrapeActivities.scrape_profile,
+                ScrapeInput(
+                    run_id=input.run_id,
+                    username=input.username,
+                    attempts_before=attempts_before,
+                    progress=self._tracker.document,
+                ),
+                task_queue=input.scrape_task_queue or workflow.info().task_queue,
+                start_to_close_timeout=SCRAPE_TIMEOUT,
+                heartbeat_timeout=PROVIDER_HEARTBEAT,
+                retry_policy=LOST_WORKER_RETRY,
+                summary=f"step 7: scrape @{input.username} (try {attempts_before + 1})",
+            )
+
+        scraped = await self._within_budget(Step.scrape_profile, SCRAPE_BUDGET, scrape)
+        self._tracker.done(Step.scrape_profile, scraped.done)
+        if scraped.stored:
+            self._tracker.done(Step.store_in_cache, scraped.store)
+        else:
+            self._tracker.failed(Step.store_in_cache, scraped.store)
+        return scraped.profile, scraped.cost_usd
 
     async def _analyse_with_ai(
         self,
@@ -247,11 +302,12 @@ class AnalysisWorkflow:
         profile: Profile,
         cost: CostBreakdown,
     ) -> dict[str, Any]:
-        """Step 9: the tier's AI calls, in parallel; one failing cancels the others."""
+        """Step 9: the tier's AI calls, in parallel; one failing for good cancels the others."""
         self._begin(Step.analyze_profile)
-        calls = [
-            asyncio.ensure_future(
-                workflow.execute_activity_method(
+
+        def ask(part: Any) -> Callable[[int], Awaitable[Any]]:
+            def call(attempts_before: int) -> Awaitable[Any]:
+                return workflow.execute_activity_method(
                     AIActivities.analyze_profile,
                     AIInput(
                         run_id=input.run_id,
@@ -259,13 +315,19 @@ class AnalysisWorkflow:
                         tier=input.tier,
                         business=business,
                         profile=profile,
+                        attempts_before=attempts_before,
+                        progress=self._tracker.document,
                     ),
                     start_to_close_timeout=AI_TIMEOUT,
                     heartbeat_timeout=PROVIDER_HEARTBEAT,
-                    retry_policy=AI_RETRY,
-                    summary=f"step 9: AI {part} for @{input.username}",
+                    retry_policy=LOST_WORKER_RETRY,
+                    summary=f"step 9: AI {part} for @{input.username} (try {attempts_before + 1})",
                 )
-            )
+
+            return call
+
+        calls = [
+            asyncio.ensure_future(self._within_budget(Step.analyze_profile, AI_BUDGET, ask(part)))
             for part in TIER_PARTS[input.tier]
         ]
         try:
@@ -274,7 +336,7 @@ class AnalysisWorkflow:
             for call in calls:
                 call.cancel()
             raise
-        self._finish(
+        self._tracker.done(
             Step.analyze_profile,
             StepDone(
                 started_at=min(r.done.started_at for r in results),
@@ -290,25 +352,38 @@ class AnalysisWorkflow:
 
     # --- running steps ----------------------------------------------------------------
 
-    async def _local(
-        self, step: Step, method: Callable[[Any, Any], Awaitable[T]], arg: Any, retry: RetryPolicy
+    async def _within_budget(
+        self, step: Step, budget: ProviderBudget, call: Callable[[int], Awaitable[T]]
     ) -> T:
-        self._begin(step)
-        result = await self._execute_local(
-            method, arg, retry, summary=f"step {_number(step)}: {step}"
-        )
-        self._finish(step, result.done)  # type: ignore[attr-defined]
-        return result
+        """Runs a provider activity until it succeeds, fails for good, or its provider has
+        failed `budget.attempts` times; pauses between tries grow as the budget says."""
+        attempts_before = 0
+        for failures in range(1, budget.attempts + 1):
+            try:
+                return await call(attempts_before)
+            except ActivityError as exc:
+                failure = exc.cause
+                if not (
+                    isinstance(failure, ApplicationError)
+                    and failure.type == PROVIDER_UNAVAILABLE
+                    and failures < budget.attempts
+                ):
+                    raise
+                attempts_before = int(_details(failure).get("attempt", attempts_before + 1))
+                self._tracker.retrying(step, attempts_before + 1)
+                await workflow.sleep(budget.pause(failures))
+        raise AssertionError("unreachable: the last failure is raised")
 
-    def _execute_local(
+    async def _local(
         self,
         method: Callable[[Any, Any], Awaitable[T]],
         arg: Any,
         retry: RetryPolicy,
+        step: Step | None = None,
         *,
-        summary: str,
-    ) -> Awaitable[T]:
-        return workflow.execute_local_activity_method(
+        summary: str | None = None,
+    ) -> T:
+        return await workflow.execute_local_activity_method(
             method,
             arg,
             start_to_close_timeout=DB_TIMEOUT,
@@ -318,105 +393,84 @@ class AnalysisWorkflow:
             # against the compensation by the run's row lock: either it lands first and is
             # refunded, or it finds the run finished and takes nothing.
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-            summary=summary,
+            summary=summary or (f"step {step.number}: {step}" if step else None),
         )
 
-    async def _remote(
-        self,
-        step: Step,
-        method: Callable[[Any, Any], Awaitable[T]],
-        arg: Any,
-        retry: RetryPolicy,
-        timeout: timedelta,
-        *,
-        task_queue: str,
-    ) -> T:
-        self._begin(step)
-        result = await workflow.execute_activity_method(
-            method,
-            arg,
-            task_queue=task_queue,
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=PROVIDER_HEARTBEAT,
-            retry_policy=retry,
-            summary=f"step {_number(step)}: {step} @{self._input.username}",
-        )
-        self._finish(step, result.done)  # type: ignore[attr-defined]
-        return result
-
-    async def _give_up(self, status: RunStatus, code: ErrorCode, message: str) -> None:
-        """Refunds what was charged (at most once) and records the final status."""
-        current = self._current
-        if current is not None and self._steps[current].status == "running":
-            self._steps[current].status = "cancelled" if status is RunStatus.cancelled else "failed"
-        self._error = RunError(code=code.value, message=message)
+    async def _give_up(self, status: RunStatus, error: RunError) -> None:
+        """Refunds what was charged (at most once) and records the final status. Until the
+        refund has landed, progress says why but the run stays in flight."""
+        self._tracker.stopping(error, cancelled=status is RunStatus.cancelled)
+        ended = Tracker(self._tracker.document)
+        ended.set_status(status, error)
         finished, _ = await _shielded(
-            self._execute_local(
-                CreditActivities.finish_unsuccessful,
-                FinishInput(
-                    run_id=self._input.run_id,
-                    status=status,
-                    error=self._error,
-                    steps=list(self._steps.values()),
-                ),
-                COMPENSATION_RETRY,
+            self._local(
+                CompensationActivities.finish_unsuccessful,
+                FinishInput(progress=ended.document),
+                DB_RETRY,
                 summary=f"compensation: refund and mark {status}",
             )
         )
         if finished.status is RunStatus.complete:
             # The commit had landed before the failure or cancel was seen.
-            self._error = None
+            self._tracker.set_status(RunStatus.complete)
             self._lead_id = finished.lead_id
-            self._progress = 100
-        self._set_status(finished.status)
+        else:  # as asked, or as the API had already ended it (it never started)
+            self._tracker.set_status(finished.status, error)
+        self._status_changed()
+
+    def _describe(self, exc: FailureError) -> tuple[ErrorCode, RunError]:
+        """The error code and the user's sentence for what ended the run; the raw failure
+        goes to the log."""
+        cause = exc.cause if isinstance(exc, ActivityError) else exc
+        details: dict[str, Any] = {}
+        if isinstance(cause, ApplicationError):
+            code, details = code_for_type(cause.type), _details(cause)
+        elif isinstance(cause, CancelledError):
+            code = ErrorCode.run_cancelled
+        else:
+            code = ErrorCode.internal_error
+        raw = getattr(cause, "message", None) or str(cause or exc)
+        # The activity that failed has logged it; this line is for debugging the mapping.
+        workflow.logger.debug("run %s ends %s: %s", self._input.run_id, code, raw)
+        message = user_message(code, username=self._input.username, details=details, raw=raw)
+        return code, RunError(code=code, message=message)
 
     # --- progress ---------------------------------------------------------------------
 
     def _begin(self, step: Step) -> None:
-        self._current = step
-        self._steps[step] = StepRecord(
-            name=step, status="running", started_at=workflow.now(), attempt=1
-        )
+        self._tracker.begin(step, workflow.now())
+        document = self._tracker.document
         workflow.set_current_details(
-            f"**{self._status}** — step {_number(step)}/12 `{step}` ({self._progress}%)"
+            f"**{document.status}** — step {step.number}/12 `{step}` ({document.progress}%)"
         )
 
-    def _finish(self, step: Step, done: StepDone) -> None:
-        self._record(
-            StepRecord(
-                name=step,
-                status="done",
-                started_at=done.started_at,
-                finished_at=done.finished_at,
-                attempt=done.attempt,
-            )
+    def _stopped_now(self, step: Step) -> StepDone:
+        record = self._tracker.step(step)
+        return StepDone(
+            started_at=record.started_at or workflow.now(),
+            finished_at=workflow.now(),
+            attempt=max(record.attempt, 1),
         )
 
-    def _skip(self, *steps: Step) -> None:
-        for step in steps:
-            self._record(StepRecord(name=step, status="skipped"))
-
-    def _record(self, record: StepRecord) -> None:
-        """Keeps a step's state; progress moves on past steps done or skipped (the same rule
-        the persisted copy follows, db.analyses.record_step)."""
-        self._steps[record.name] = record
-        if record.status in ("done", "skipped"):
-            self._progress = max(self._progress, record.name.progress_after)
-
-    def _set_status(self, status: RunStatus) -> None:
-        self._status = status
-        if status.terminal:
-            self._current = Step.complete if status is RunStatus.complete else self._current
-            workflow.set_current_details(f"**{status}** ({self._progress}%)")
-        workflow.upsert_search_attributes([RUN_STATUS.value_set(status.value)])
+    def _status_changed(self) -> None:
+        document = self._tracker.document
+        if document.status.terminal:
+            workflow.set_current_details(f"**{document.status}** ({document.progress}%)")
+        workflow.upsert_search_attributes([RUN_STATUS.value_set(document.status.value)])
 
     def _outcome(self) -> AnalysisOutcome:
+        document = self._tracker.document
         return AnalysisOutcome(
             run_id=self._input.run_id,
-            status=self._status,
+            status=document.status,
             lead_id=self._lead_id,
-            error=self._error,
+            error=document.error,
         )
+
+
+def _details(error: ApplicationError) -> dict[str, Any]:
+    first = error.details[0] if error.details else None
+    return first if isinstance(first, dict) else {}
 
 
 async def _shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
@@ -433,16 +487,3 @@ async def _shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
             if task.cancelled():
                 raise
             cancel_requested = True
-
-
-def _describe(exc: FailureError) -> tuple[ErrorCode, str]:
-    cause = exc.cause if isinstance(exc, ActivityError) else exc
-    if isinstance(cause, ApplicationError):
-        return code_for_type(cause.type), cause.message
-    if isinstance(cause, CancelledError):
-        return ErrorCode.run_cancelled, "cancelled by request"
-    return ErrorCode.internal_error, str(cause or exc)
-
-
-def _number(step: Step) -> int:
-    return list(Step).index(step) + 1

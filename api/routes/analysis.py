@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import time
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, Header, Path, Query, Request, status
 from pydantic import AfterValidator
-from temporalio.client import WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
-from api import examples
+from api import examples, runs
 from api.deps import SettingsDep, Temporal, Tenant
-from api.errors import (
-    Conflict,
-    InsufficientCredits,
-    NotFound,
-    Unavailable,
-    error_example,
-    responses,
-)
+from api.errors import Conflict, NotFound, error_example, responses
 from api.pagination import Paging
 from api.schemas import (
     HANDLE_SCHEMA,
@@ -40,14 +25,10 @@ from api.schemas import (
     RunSummary,
     instagram_handle,
 )
-from core.models import AnalysisInput, Progress, RunError, StepRecord
-from core.temporal import workflow_id
-from core.tiers import API_STEPS, RunStatus, Step, Tier
-from db import analyses, business_profiles, credits, leads
-from db.pool import Connection
-from workflows.analysis import ACCOUNT_ID, ANALYSIS_TYPE, RUN_STATUS, USERNAME, AnalysisWorkflow
+from core.progress import Progress, RunError, RunStatus
+from core.tiers import Tier
+from db import analyses, leads
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["analysis"])
 
 RunId = Annotated[
@@ -83,18 +64,6 @@ def _accepted_fields(row: asyncpg.Record) -> dict[str, Any]:
         "links": _links(row["id"]),
         **{name: row[name] for name in RunAccepted.model_fields if name not in ("run_id", "links")},
     }
-
-
-def _in_progress(username: str, run_id: UUID | None) -> Conflict:
-    return Conflict(
-        f"@{username} is already being analysed for this business profile.",
-        code="analysis_in_progress",
-        run_id=run_id,
-    )
-
-
-def _request_hash(body: AnalyzeRequest) -> str:
-    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
 @router.post(
@@ -139,114 +108,7 @@ async def start_analysis(
         ),
     ] = None,
 ) -> RunAccepted:
-    run_id = uuid4()  # step 1
-    cost = settings.credits_for(body.analysis_type)
-    request_hash = _request_hash(body)
-    async with scope.transaction() as conn:
-        # The account's requests take turns from here to the commit: each sees the runs the
-        # others accepted, so a repeat finds its run (same key, or 409) before any credit
-        # check, and the credit check counts what accepted runs will still charge.
-        await credits.lock_promises(conn, scope.account_id)
-        if idempotency_key and (
-            replay := await _replay(conn, scope.account_id, idempotency_key, request_hash)
-        ):
-            return replay
-        if await business_profiles.get_live(conn, body.business_profile_id) is None:
-            raise NotFound(
-                "No such business profile.",
-                code="business_profile_not_found",
-                field="business_profile_id",
-            )
-        if existing := await analyses.find_in_flight(
-            conn, scope.account_id, body.business_profile_id, body.username
-        ):
-            raise _in_progress(body.username, existing)
-        # Step 4, the fast check; the charge (step 5) stays the authority.
-        funds = await credits.available(conn, scope.account_id)
-        if funds.credits < cost:
-            raise InsufficientCredits(
-                f"The balance of {funds.balance} credits, less {funds.promised} promised to "
-                f"runs not yet started, cannot cover {cost} for a {body.analysis_type} "
-                "analysis.",
-                balance=funds.balance,
-                promised=funds.promised,
-                credits_cost=cost,
-            )
-        accepted_at = datetime.now(UTC)
-        api_steps = [
-            StepRecord(
-                name=s, status="done", started_at=accepted_at, finished_at=accepted_at, attempt=1
-            )
-            for s in API_STEPS
-        ]
-        try:
-            # Steps 2 and 3: the unique index is the last word on duplicates.
-            async with conn.transaction():
-                await analyses.insert_pending(
-                    conn,
-                    run_id=run_id,
-                    account_id=scope.account_id,
-                    business_profile_id=body.business_profile_id,
-                    requested_by=scope.user_id,
-                    username=body.username,
-                    analysis_type=body.analysis_type.value,
-                    credits_cost=cost,
-                    progress=Step.check_credits.progress_after,
-                    current_step=Step.check_credits,
-                    steps=api_steps,
-                    idempotency_key=idempotency_key,
-                    request_hash=request_hash,
-                )
-        except asyncpg.UniqueViolationError:
-            if idempotency_key and (
-                replay := await _replay(conn, scope.account_id, idempotency_key, request_hash)
-            ):
-                return replay
-            existing = await analyses.find_in_flight(
-                conn, scope.account_id, body.business_profile_id, body.username
-            )
-            raise _in_progress(body.username, existing) from None
-        row = await analyses.get(conn, run_id)
-    assert row is not None
-
-    try:
-        await temporal.start_workflow(
-            AnalysisWorkflow.run,
-            AnalysisInput(
-                run_id=run_id,
-                account_id=scope.account_id,
-                business_profile_id=body.business_profile_id,
-                username=body.username,
-                tier=body.analysis_type,
-                credits_cost=cost,
-                scrape_task_queue=settings.scrape_task_queue,
-            ),
-            id=workflow_id(run_id),
-            task_queue=settings.task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(ACCOUNT_ID, str(scope.account_id)),
-                    SearchAttributePair(ANALYSIS_TYPE, body.analysis_type.value),
-                    SearchAttributePair(USERNAME, body.username),
-                    SearchAttributePair(RUN_STATUS, RunStatus.pending.value),
-                ]
-            ),
-            static_summary=f"{body.analysis_type} analysis of @{body.username}",
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-    except Exception as exc:
-        # The start failed or its answer was lost: make sure the run ends without a charge.
-        log.error("could not start workflow for run %s: %r", run_id, exc)
-        async with scope.transaction() as conn:
-            await analyses.mark_not_started(
-                conn, run_id, "not_started", "the analysis could not be started"
-            )
-        raise Unavailable(
-            "The analysis could not be started; nothing was charged. Retry later."
-        ) from exc
-    return _accepted(row)
+    return _accepted(await runs.start(scope, settings, temporal, body, idempotency_key))
 
 
 @router.get(
@@ -313,21 +175,6 @@ def _error(row: asyncpg.Record) -> RunError | None:
     return RunError(code=row["error_code"], message=row["error_message"] or "")
 
 
-async def _replay(
-    conn: Connection, account_id: UUID, key: str, request_hash: str
-) -> RunAccepted | None:
-    row = await analyses.find_by_idempotency_key(conn, account_id, key)
-    if row is None:
-        return None
-    if row["request_hash"] != request_hash:
-        raise Conflict(
-            "This Idempotency-Key was used with a different request.",
-            code="idempotency_key_reused",
-            field="Idempotency-Key",
-        )
-    return _accepted(row)
-
-
 async def _run(scope: Tenant, run_id: UUID) -> asyncpg.Record:
     async with scope.transaction() as conn:
         row = await analyses.get(conn, run_id)
@@ -336,16 +183,11 @@ async def _run(scope: Tenant, run_id: UUID) -> asyncpg.Record:
     return row
 
 
-def _progress_from_row(row: asyncpg.Record) -> ProgressResponse:
+def _progress_response(document: Progress, row: asyncpg.Record, source: str) -> ProgressResponse:
     return ProgressResponse(
-        run_id=row["id"],
-        status=row["status"],
-        progress=row["progress"],
-        current_step=row["current_step"],
-        steps=analyses.steps_from_json(row["steps"]),
-        error=_error(row),
+        **document.model_dump(exclude={"version"}),
         cancel_requested=row["cancel_requested_at"] is not None,
-        source="database",
+        source=source,
     )
 
 
@@ -359,48 +201,12 @@ async def get_progress(
     run_id: RunId, scope: Tenant, temporal: Temporal, settings: SettingsDep, request: Request
 ) -> ProgressResponse:
     row = await _run(scope, run_id)
-    if RunStatus(row["status"]).terminal:
-        return _progress_from_row(row)
-    breaker: QueryBreaker = request.app.state.query_breaker
-    if breaker.open:
-        return _progress_from_row(row)
-    handle: WorkflowHandle[AnalysisWorkflow, object] = temporal.get_workflow_handle_for(
-        AnalysisWorkflow.run, workflow_id(run_id)
-    )
-    try:
-        live: Progress = await handle.query(
-            AnalysisWorkflow.progress,
-            rpc_timeout=timedelta(seconds=settings.progress_query_timeout_seconds),
-        )
-    except RPCError as exc:
-        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE):
-            breaker.trip(settings.progress_query_backoff_seconds)
-        return _progress_from_row(row)
-    except Exception:  # a query the workflow cannot answer (not started yet, failing task)
-        return _progress_from_row(row)
-    breaker.reset()
-    return ProgressResponse(
-        **live.model_dump(),
-        cancel_requested=row["cancel_requested_at"] is not None,
-        source="workflow",
-    )
-
-
-class QueryBreaker:
-    """Skips workflow queries for a while after one timed out (no worker to answer)."""
-
-    def __init__(self) -> None:
-        self._open_until = 0.0
-
-    @property
-    def open(self) -> bool:
-        return time.monotonic() < self._open_until
-
-    def trip(self, seconds: float) -> None:
-        self._open_until = time.monotonic() + seconds
-
-    def reset(self) -> None:
-        self._open_until = 0.0
+    if not RunStatus(row["status"]).terminal:
+        breaker: runs.QueryBreaker = request.app.state.query_breaker
+        live = await runs.live_progress(temporal, settings, breaker, run_id)
+        if live is not None:
+            return _progress_response(live, row, "workflow")
+    return _progress_response(analyses.progress_of(row), row, "database")
 
 
 @router.post(
@@ -421,7 +227,9 @@ class QueryBreaker:
         ),
     ),
 )
-async def cancel_run(run_id: RunId, scope: Tenant, temporal: Temporal) -> CancelResponse:
+async def cancel_run(
+    run_id: RunId, scope: Tenant, temporal: Temporal, settings: SettingsDep
+) -> CancelResponse:
     async with scope.transaction() as conn:
         row = await analyses.request_cancel(conn, run_id)
     if row is None:
@@ -436,19 +244,8 @@ async def cancel_run(run_id: RunId, scope: Tenant, temporal: Temporal) -> Cancel
         )
     if run_status is RunStatus.cancelled:
         return CancelResponse(run_id=run_id, status=run_status)
-    try:
-        await temporal.get_workflow_handle(workflow_id(run_id)).cancel()
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            # No workflow (its start failed and was not recorded): nothing to refund.
-            async with scope.transaction() as conn:
-                if await analyses.cancel_unstarted(conn, run_id):
-                    run_status = RunStatus.cancelled
-        else:
-            log.warning("cancel of run %s not delivered to Temporal: %s", run_id, exc)
-    except Exception as exc:
-        # The flag on the row stands: the run's charge or commit step sees it and cancels.
-        log.warning("cancel of run %s not delivered to Temporal: %r", run_id, exc)
+    if await runs.cancel(temporal, settings, scope, run_id):
+        run_status = RunStatus.cancelled
     return CancelResponse(run_id=run_id, status=run_status)
 
 
