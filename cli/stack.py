@@ -202,3 +202,28 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 def oslira_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", *args]
+
+
+def stop_postgres(pgdata: Path, timeout: float = 10.0) -> None:
+    """Stops the server running on `pgdata` with PostgreSQL's fast shutdown, whoever
+    started it: a server restarted by hand has another pid than the one pgserver knew."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        return  # not running
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # immediate shutdown
+            return
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,4 +1,5 @@
-"""One HTTP server for both simulators: Apify under /v2, OpenAI under /v1."""
+"""One HTTP server for both simulators: Apify under /v2, OpenAI under /v1, with optional
+provider faults (simulators/faults.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 from fastapi import FastAPI
 
 from simulators.apify import ApifySimulator
+from simulators.faults import FaultMiddleware, Faults
 from simulators.openai import OpenAISimulator
 
 
 def create_app(
-    apify_latency_ms: float | None = None, openai_latency_ms: float | None = None
+    apify_latency_ms: float | None = None,
+    openai_latency_ms: float | None = None,
+    faults: Faults | None = None,
 ) -> FastAPI:
     if apify_latency_ms is None:
         apify_latency_ms = float(os.environ.get("SIM_APIFY_LATENCY_MS", "300"))
@@ -25,4 +29,7 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    faults = faults or Faults.from_environment()
+    if faults.any:
+        app.add_middleware(FaultMiddleware, faults=faults)
     return app

@@ -1,5 +1,7 @@
 """A local OpenAI: the Responses API with structured (JSON schema) output.
 
+Usernames starting with `slowai` are analysed slowly (SLOW_AI_SECONDS).
+
 It answers any strict JSON schema it is sent with a valid instance, deterministic for the
 same model and input, and reports token usage the way OpenAI does, including cached input
 tokens for a repeated prefix of 1,024 tokens or more.
@@ -41,6 +43,9 @@ _WORDS = [
     "quality",
 ]
 _MIN_CACHEABLE_TOKENS = 1024
+# Profiles whose username starts with `slowai` take this long to analyse: time enough to
+# cancel a run, or to kill a worker, in the middle of its AI call.
+SLOW_AI_SECONDS = 5.0
 
 
 def tokens(text: str) -> int:
@@ -69,6 +74,8 @@ class OpenAISimulator:
         prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
+        if _subject(prompt_text).startswith("@slowai"):
+            await asyncio.sleep(SLOW_AI_SECONDS)
 
         seed = hashlib.sha256(f"{model}\n{instructions}\n{prompt_text}".encode()).digest()
         rng = random.Random(seed)
