@@ -2,9 +2,10 @@
 
 Starts PostgreSQL and the Temporal dev server (unless DATABASE_URL / TEMPORAL_ADDRESS point
 elsewhere), applies migrations, starts the simulators (unless APIFY_TOKEN / OPENAI_API_KEY
-are set), then the worker and the API as separate child processes. It writes the addresses
-to `$OSLIRA_HOME/stack.env` so other commands reach the same stack, seeds a demo account,
-and stops everything, in order, on Ctrl-C.
+are set), then the workers and the API as separate child processes, which it supervises:
+one that dies is started again (cli/supervisor.py). It writes the addresses to
+`$OSLIRA_HOME/stack.env` so other commands reach the same stack, seeds a demo account, and
+stops everything on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from datetime import timedelta
@@ -29,6 +29,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from cli import stack
+from cli.supervisor import Supervisor
 from core import temporal
 from core.auth import mint_token
 from core.settings import Settings, describe, stack_env_path
@@ -69,7 +70,7 @@ def run_dev() -> int:
         log.error("%s", exc)
         return 1
 
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    children = Supervisor()
     stopping = threading.Event()
     abort_on_signal = True  # during start-up; never again once stopping has begun
 
@@ -95,7 +96,8 @@ def run_dev() -> int:
 
         if settings.temporal_address is None:
             log.info("starting the Temporal dev server (UI on port %d)", settings.temporal_ui_port)
-            temporal = stack.spawn(
+            temporal = children.start(
+                "temporal",
                 stack.temporal_command(
                     port=settings.temporal_port,
                     ui_port=settings.temporal_ui_port,
@@ -104,7 +106,6 @@ def run_dev() -> int:
                 {},
                 home / "temporal.log",
             )
-            children.append(("temporal", temporal))
             stack.wait_for_port("127.0.0.1", settings.temporal_port, 60, temporal)
             env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{settings.temporal_port}"
         else:
@@ -115,13 +116,10 @@ def run_dev() -> int:
 
         if settings.apify_token is None or settings.openai_api_key is None:
             sim_url = f"http://127.0.0.1:{settings.sim_port}"
-            children.append(
-                (
-                    "simulators",
-                    stack.spawn(stack.oslira_command("simulate"), env, home / "simulators.log"),
-                )
+            simulators = children.start(
+                "simulators", stack.oslira_command("simulate"), env, home / "simulators.log"
             )
-            stack.wait_for_port("127.0.0.1", settings.sim_port, 30, children[-1][1])
+            stack.wait_for_port("127.0.0.1", settings.sim_port, 30, simulators)
             if settings.apify_token is None:
                 env |= {"APIFY_BASE_URL": sim_url, "APIFY_TOKEN": "simulator"}
             if settings.openai_api_key is None:
@@ -148,29 +146,17 @@ def run_dev() -> int:
         workers = settings.worker_processes or os.cpu_count() or 1
         for n in range(1, workers + 1):
             name = "worker" if workers == 1 else f"worker-{n}"
-            children.append(
-                (name, stack.spawn(stack.oslira_command("worker"), env, home / f"{name}.log"))
-            )
-        children.append(("api", stack.spawn(stack.oslira_command("api"), env, home / "api.log")))
-        stack.wait_for_port(settings.api_host, settings.api_port, 30, children[-1][1])
+            children.start(name, stack.oslira_command("worker"), env, home / f"{name}.log")
+        api = children.start("api", stack.oslira_command("api"), env, home / "api.log")
+        stack.wait_for_port(settings.api_host, settings.api_port, 30, api)
         _banner(full, settings, demo, home)
         abort_on_signal = False
 
-        reported: set[str] = set()
         while not stopping.wait(0.5):
             if parent is not None and parent.stopping():
                 log.info("make was stopped")
                 break
-            for name, proc in children:
-                if proc.poll() is not None and name not in reported:
-                    reported.add(name)
-                    log.warning(
-                        "%s exited with %s; see %s. %s",
-                        name,
-                        proc.returncode,
-                        home / f"{name}.log",
-                        _restart_hint(name, home),
-                    )
+            children.watch()
         log.info("stopping")
         return 0
     except KeyboardInterrupt:
@@ -180,9 +166,11 @@ def run_dev() -> int:
         return 2
     finally:
         abort_on_signal = False
-        _stop_all(children)
+        children.stop(last=("temporal",))
         stack_env_path(home).unlink(missing_ok=True)
         if pg_server is not None:
+            # Whichever postmaster runs there now: one restarted by hand included.
+            stack.stop_postgres(home / "pgdata")
             pg_server.cleanup()  # type: ignore[attr-defined]
         log.info("stopped")
 
@@ -223,25 +211,6 @@ async def _installation_suffix(database_url: str) -> str:
     finally:
         await conn.close()
     return str(installation.hex[:12])
-
-
-def _stop_all(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Stops the API, workers and simulators together, then Temporal: well within 15 s."""
-    apps = [proc for name, proc in children if name != "temporal"]
-    stack.stop_all(apps, timeout=9)
-    stack.stop_all([proc for name, proc in children if name == "temporal"], timeout=3)
-
-
-def _restart_hint(name: str, home: Path) -> str:
-    command = {"api": "api", "simulators": "simulate"}.get(
-        name, "worker" if name.startswith("worker") else None
-    )
-    if command is None:
-        return "Stop this stack (Ctrl-C) and start it again."
-    return (
-        f"Start it again alone with `.venv/bin/oslira {command}` in another shell "
-        f"(it reads {stack_env_path(home)})."
-    )
 
 
 class ParentWatch:

@@ -65,20 +65,25 @@ def api(
     import uvicorn
 
     from api.app import create_app
+    from core import logs
     from core.settings import ConfigurationError
 
     _logging()
     settings = settings_or_exit()
     try:
-        application = create_app(settings)
+        application = create_app(settings)  # refuses a misconfiguration before serving
     except ConfigurationError as exc:
         fail(str(exc))
+    processes = settings.api_process_count
     uvicorn.run(
-        application,
+        # Several processes each build their app from the same environment.
+        application if processes == 1 else "api.app:create_app",
+        factory=processes > 1,
+        workers=processes,
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_level="warning",
-        access_log=False,
+        log_config=logs.dict_config(),
+        access_log=False,  # api.middleware writes one line per request, with its id
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
+from typing import Any
 
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, CancelledError
 
@@ -32,12 +34,25 @@ class ExpectedOutcomes(logging.Filter):
         return True
 
 
+def dict_config(verbose: bool = False) -> dict[str, Any]:
+    """The logging set-up as a dictConfig, which uvicorn also applies in each API process."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"expected": {"()": "core.logs.ExpectedOutcomes"}},
+        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "line",
+                "filters": ["expected"],
+            }
+        },
+        "root": {"level": "DEBUG" if verbose else "INFO", "handlers": ["console"]},
+        "loggers": {name: {"level": "WARNING"} for name in NOISY}
+        | {name: {"level": "WARNING"} for name in ("uvicorn", "uvicorn.error")},
+    }
+
+
 def configure(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ExpectedOutcomes())
-    for name in NOISY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.config.dictConfig(dict_config(verbose))

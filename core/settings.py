@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     sim_port: int = 8010
     # Worker processes `oslira dev` starts (0: one per CPU). Temporal spreads the work.
     worker_processes: int = 0
+    # Processes `oslira api` serves with (0: one per two CPUs, at least one).
+    api_processes: int = Field(default=0, ge=0)
 
     # Authentication. No default: the API and the token commands refuse to start without a
     # secret; `oslira dev` generates one per state folder.
@@ -165,6 +167,10 @@ class Settings(BaseSettings):
     @property
     def scrape_queue(self) -> str:
         return self.scrape_task_queue or self.task_queue
+
+    @property
+    def api_process_count(self) -> int:
+        return self.api_processes or max(1, (os.cpu_count() or 1) // 2)
 
     @property
     def uses_apify_simulator(self) -> bool:

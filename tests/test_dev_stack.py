@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import httpx
 import jwt
 import psutil
 import pytest
+from pgserver import get_server
 from temporalio.service import RPCError
 
 from cli import stack
@@ -40,7 +42,7 @@ class DevStack:
     home: Path
     env: dict[str, str]
     banner: str
-    processes: list[psutil.Process]
+    out: Path  # what oslira dev prints
 
     @property
     def api(self) -> str:
@@ -88,10 +90,7 @@ def _start(command: list[str], env: dict[str, str], out: Path) -> DevStack:
         assert proc.poll() is None, out.read_text()
         assert time.monotonic() < deadline, out.read_text()
         time.sleep(0.2)
-    home = Path(env["OSLIRA_HOME"])
-    started = DevStack(proc, home, env, out.read_text(), [])
-    started.processes = _everything_started_by(proc.pid, home)
-    return started
+    return DevStack(proc, Path(env["OSLIRA_HOME"]), env, out.read_text(), out)
 
 
 def _everything_started_by(pid: int, home: Path) -> list[psutil.Process]:
@@ -107,11 +106,12 @@ def _everything_started_by(pid: int, home: Path) -> list[psutil.Process]:
 
 def _assert_all_stop(stack_: DevStack, sig: signal.Signals, target: psutil.Process) -> float:
     """Sends `sig` to `target`; everything the stack started must be gone within 15 s."""
-    names = {p.name() for p in stack_.processes if p.is_running()}
+    processes = _everything_started_by(stack_.proc.pid, stack_.home)
+    names = {p.name() for p in processes if p.is_running()}
     assert "postgres" in names, names  # what is watched includes the detached database
     started = time.monotonic()
     target.send_signal(sig)
-    _, alive = psutil.wait_procs(stack_.processes, timeout=STOP_WITHIN)
+    _, alive = psutil.wait_procs(processes, timeout=STOP_WITHIN)
     took = time.monotonic() - started
     assert not alive, f"still running {took:.1f} s after {sig.name}: {alive}"
     return took
@@ -129,6 +129,26 @@ def _dev_env(state: Path, **extra: str) -> dict[str, str]:
     return stack.isolated_dev_env(
         state, SIM_APIFY_LATENCY_MS="0", SIM_OPENAI_LATENCY_MS="0", WORKER_PROCESSES="1", **extra
     )
+
+
+def _workers(stack_: DevStack) -> set[int]:
+    """The live worker processes of the stack (a killed one may linger as a zombie)."""
+    found = set()
+    for child in psutil.Process(stack_.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-1:] == ["worker"]:
+                found.add(child.pid)
+    return found
+
+
+def _kill_a_worker_and_see_it_back(stack_: DevStack) -> None:
+    (victim,) = _workers(stack_)
+    psutil.Process(victim).kill()
+    deadline = time.monotonic() + 15
+    while not (_workers(stack_) - {victim}):
+        assert time.monotonic() < deadline, stack_.out.read_text()[-2000:]
+        time.sleep(0.2)
+    assert "worker exited with -9; restarting it" in stack_.out.read_text()
 
 
 def _readme_commands() -> str:
@@ -219,6 +239,11 @@ def test_make_run_serves_the_readme_commands_and_stops_on_a_signal():
                 assert accepted == []
                 assert api.get("/api/credits/balance", headers=first.headers).status_code == 200
 
+            # A worker that dies is started again, and the stack goes on working.
+            _kill_a_worker_and_see_it_back(first)
+            again = asyncio.run(_analyse(first, "after_restart", 1))
+            assert again == ["complete None"], again
+
             # Another shell reaches the same stack through $OSLIRA_HOME/stack.env.
             created = subprocess.run(
                 stack.oslira_command("accounts", "create", "--name", "Acme", "--credits", "7"),
@@ -306,6 +331,10 @@ def test_a_second_stack_refuses_taken_ports_and_never_takes_the_first_stacks_wor
                 assert outcomes_b == ["complete None"] * 6, outcomes_b
             finally:
                 _assert_all_stop(second, signal.SIGTERM, psutil.Process(second.proc.pid))
+            # PostgreSQL restarted by hand underneath the stack: stopping stops it too.
+            pgdata = first.home / "pgdata"
+            stack.stop_postgres(pgdata)
+            get_server(pgdata, cleanup_mode=None).ensure_postgres_running()
         finally:
             _assert_all_stop(first, signal.SIGINT, psutil.Process(first.proc.pid))
 
