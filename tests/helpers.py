@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import tempfile
@@ -177,3 +178,16 @@ def running_api(settings: Settings, **env: str) -> Iterator[ApiProcess]:
             yield ApiProcess(proc, port, log)
         finally:
             stack.stop(proc)
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record_history(temporal_client: Any, run_id: str | UUID, name: str) -> None:
+    """With OSLIRA_RECORD_HISTORIES=1, keeps the run's workflow history as a replay fixture
+    (tests/test_replay.py replays every one of them against the current workflow code)."""
+    if os.environ.get("OSLIRA_RECORD_HISTORIES") != "1":
+        return
+    history = await temporal_client.get_workflow_handle(f"analysis-{run_id}").fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -6,7 +6,15 @@ from uuid import uuid4
 
 import pytest
 
-from tests.helpers import apify_calls, balance, ledger_for_run, start_ok, step, wait_for
+from tests.helpers import (
+    apify_calls,
+    balance,
+    ledger_for_run,
+    record_history,
+    start_ok,
+    step,
+    wait_for,
+)
 
 LIGHT_FIELDS = {"score", "summary", "niche", "red_flags"}
 DEEP_FIELDS = LIGHT_FIELDS | {"engagement_read", "selling_points", "outreach_message"}
@@ -17,7 +25,9 @@ TIER_MODEL = {"light": "gpt-5-nano", "deep": "gpt-5-mini", "xray": "gpt-5"}
 
 
 @pytest.mark.parametrize("tier", ["light", "deep", "xray"])
-async def test_each_tier_completes_and_charges_its_cost_once(api, new_account, system_pool, tier):
+async def test_each_tier_completes_and_charges_its_cost_once(
+    api, new_account, system_pool, temporal_client, tier
+):
     account = await new_account(credits_granted=10)
     username = f"creator_{uuid4().hex[:8]}"
     run_id = await start_ok(api, account, f"@{username.upper()}", tier)
@@ -57,6 +67,7 @@ async def test_each_tier_completes_and_charges_its_cost_once(api, new_account, s
 
     assert await balance(api, account) == 10 - TIER_COST[tier]
     assert await ledger_for_run(system_pool, run_id) == [("charge", -TIER_COST[tier])]
+    await record_history(temporal_client, run_id, f"complete_{tier}")
 
 
 async def test_deep_runs_its_two_ai_calls_in_parallel(api, new_account):
@@ -69,7 +80,9 @@ async def test_deep_runs_its_two_ai_calls_in_parallel(api, new_account):
     assert "outreach_message" in steps["analysis"] and "selling_points" in steps["analysis"]
 
 
-async def test_second_run_uses_the_cached_profile_and_skips_the_scrape(api, new_account, servers):
+async def test_second_run_uses_the_cached_profile_and_skips_the_scrape(
+    api, new_account, servers, temporal_client
+):
     account = await new_account()
     username = f"cached_{uuid4().hex[:8]}"
     first = await start_ok(api, account, username, "light")
@@ -86,6 +99,7 @@ async def test_second_run_uses_the_cached_profile_and_skips_the_scrape(api, new_
     # Both runs upsert the same lead.
     first_lead = (await api.get(f"/api/analysis/{first}/result", headers=account.headers)).json()
     assert first_lead["lead"]["id"] == result["lead"]["id"]
+    await record_history(temporal_client, second, "complete_from_cache")
 
 
 async def test_stale_cache_is_not_used_for_a_fresher_tier(api, new_account, servers, system_pool):
@@ -111,7 +125,7 @@ async def test_stale_cache_is_not_used_for_a_fresher_tier(api, new_account, serv
 
 
 async def test_transient_scrape_failure_is_retried_to_success(
-    api, new_account, servers, system_pool
+    api, new_account, servers, system_pool, temporal_client
 ):
     account = await new_account(credits_granted=5)
     username = f"flaky_{uuid4().hex[:8]}"
@@ -123,3 +137,4 @@ async def test_transient_scrape_failure_is_retried_to_success(
     assert await apify_calls(servers.simulator_url, username) == 3
     assert await ledger_for_run(system_pool, run_id) == [("charge", -1)]
     assert await balance(api, account) == 4
+    await record_history(temporal_client, run_id, "provider_failures_retried")

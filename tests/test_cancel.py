@@ -8,7 +8,7 @@ from uuid import uuid4
 from temporalio.client import WorkflowExecutionStatus
 
 from core.temporal import workflow_id
-from tests.helpers import balance, ledger_for_run, start_ok, step, wait_for
+from tests.helpers import balance, ledger_for_run, record_history, start_ok, step, wait_for
 
 
 def _scraping(progress: dict) -> bool:
@@ -41,6 +41,7 @@ async def test_cancel_mid_scrape_refunds_exactly_once_even_when_sent_twice(
     assert await balance(api, account) == 5
     description = await temporal_client.get_workflow_handle(workflow_id(run_id)).describe()
     assert description.status == WorkflowExecutionStatus.CANCELED
+    await record_history(temporal_client, run_id, "cancelled_mid_scrape")
 
 
 async def test_operator_cancel_from_temporal_also_refunds(
@@ -54,6 +55,7 @@ async def test_operator_cancel_from_temporal_also_refunds(
 
     assert (await wait_for(api, account, run_id))["status"] == "cancelled"
     assert await ledger_for_run(system_pool, run_id) == [("charge", -3), ("refund", 3)]
+    await record_history(temporal_client, run_id, "cancelled_by_operator")
 
 
 async def test_cancel_after_completion_answers_409_and_keeps_the_charge(
@@ -82,7 +84,9 @@ async def test_cancel_of_a_failed_run_answers_409(api, new_account):
     assert response.json()["error"]["status"] == "failed"
 
 
-async def test_cancel_flag_seen_at_the_commit_point_cancels_the_run(api, new_account, system_pool):
+async def test_cancel_flag_seen_at_the_commit_point_cancels_the_run(
+    api, new_account, system_pool, temporal_client
+):
     """The API flags the row before it tells Temporal; if the workflow reaches the commit
     step first, the commit refuses and the run is refunded as cancelled."""
     account = await new_account(credits_granted=1)
@@ -96,3 +100,4 @@ async def test_cancel_flag_seen_at_the_commit_point_cancels_the_run(api, new_acc
     assert progress["status"] == "cancelled"
     assert await ledger_for_run(system_pool, run_id) == [("charge", -1), ("refund", 1)]
     assert await balance(api, account) == 1
+    await record_history(temporal_client, run_id, "cancelled_at_commit")

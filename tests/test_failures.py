@@ -12,7 +12,16 @@ from temporalio.client import WorkflowExecutionStatus
 from core.models import AnalysisInput
 from core.temporal import workflow_id
 from core.tiers import Tier
-from tests.helpers import apify_calls, balance, insert_run, ledger_for_run, start_ok, step, wait_for
+from tests.helpers import (
+    apify_calls,
+    balance,
+    insert_run,
+    ledger_for_run,
+    record_history,
+    start_ok,
+    step,
+    wait_for,
+)
 from workflows.analysis import AnalysisWorkflow
 
 
@@ -40,6 +49,7 @@ async def test_missing_or_private_profile_fails_without_retry_and_refunds(
     response = await api.get(f"/api/analysis/{run_id}/result", headers=account.headers)
     assert response.status_code == 409
     assert response.json()["error"]["status"] == "failed"
+    await record_history(temporal_client, run_id, f"failed_{code}")
 
 
 async def _start_directly(system_pool, temporal_client, settings, account, username, cost) -> UUID:
@@ -73,6 +83,7 @@ async def test_insufficient_credits_at_the_charge_fails_and_charges_nothing(
     assert step(progress, "deduct_credits")["status"] == "failed"
     assert await ledger_for_run(system_pool, run_id) == []
     assert await balance(api, account) == 0
+    await record_history(temporal_client, run_id, "failed_insufficient_credits")
 
 
 async def test_deleted_business_profile_fails_before_charging(
@@ -90,7 +101,7 @@ async def test_deleted_business_profile_fails_before_charging(
 
 
 async def test_refund_survives_database_trouble_and_lands_once(
-    api, new_account, servers, system_pool
+    api, new_account, servers, system_pool, temporal_client
 ):
     """Refunds fail for a while (as if the database were in trouble); compensation keeps
     retrying and the refund lands once it can."""
@@ -127,6 +138,7 @@ async def test_refund_survives_database_trouble_and_lands_once(
         assert progress["status"] == "failed"
         assert await ledger_for_run(system_pool, run_id) == [("charge", -1), ("refund", 1)]
         assert await balance(api, account) == 2
+        await record_history(temporal_client, run_id, "compensation_retried")
     finally:
         await owner.execute(
             """DROP TRIGGER IF EXISTS test_block_refunds ON credit_ledger;

@@ -27,7 +27,7 @@ from core.temporal import workflow_id
 from db.accounts import create_with_owner
 from db.migrate import migrate
 from tests.conftest import Account, app_client, make_settings
-from tests.helpers import ledger_for_run, process_env, start_ok, step, wait_for
+from tests.helpers import ledger_for_run, process_env, record_history, start_ok, step, wait_for
 
 # --- provider faults ----------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ def faulty_simulator() -> Iterator[str]:
 
 
 async def test_with_30_percent_of_provider_calls_failing_49_of_50_runs_complete(
-    servers, faulty_simulator, new_account, system_pool
+    servers, faulty_simulator, new_account, system_pool, temporal_client
 ):
     settings = make_settings(
         servers,
@@ -84,6 +84,8 @@ async def test_with_30_percent_of_provider_calls_failing_49_of_50_runs_complete(
 
     outcomes = Counter(f["status"] for f in finals)
     assert outcomes["complete"] >= 49, outcomes
+    most_tried = max(finals, key=lambda f: sum(s["attempt"] for s in f["steps"]))
+    await record_history(temporal_client, most_tried["run_id"], "provider_faults")
     retried = [f for f in finals if step(f, "scrape_profile")["attempt"] > 1]
     assert len(retried) >= 5, "the faults were not injected"
     for final in finals:
@@ -143,6 +145,7 @@ async def test_a_worker_killed_twice_during_one_ai_call_still_completes(
     assert final["status"] == "complete", final
     assert step(final, "analyze_profile")["attempt"] == 3  # every try counted
     assert await ledger_for_run(system_pool, run_id) == [("charge", -1)]
+    await record_history(temporal_client, run_id, "worker_lost_during_ai")
 
 
 # --- a database outage ----------------------------------------------------------------------
@@ -209,6 +212,7 @@ async def test_a_database_outage_longer_than_the_old_budget_mid_commit_delays_th
     finally:
         await conn.close()
     assert [tuple(r) for r in charges] == [("charge", -1)]
+    await record_history(temporal_client, run_id, "commit_through_database_outage")
 
 
 # --- Temporal down ----------------------------------------------------------------------------
