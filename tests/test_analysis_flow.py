@@ -5,7 +5,9 @@ from __future__ import annotations
 from uuid import uuid4
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 
+from core.temporal import workflow_id
 from tests.helpers import (
     apify_calls,
     balance,
@@ -70,14 +72,30 @@ async def test_each_tier_completes_and_charges_its_cost_once(
     await record_history(temporal_client, run_id, f"complete_{tier}")
 
 
-async def test_deep_runs_its_two_ai_calls_in_parallel(api, new_account):
+async def test_deep_runs_its_two_ai_calls_in_parallel(api, new_account, temporal_client):
     account = await new_account()
     run_id = await start_ok(api, account, f"parallel_{uuid4().hex[:8]}", "deep")
     await wait_for(api, account, run_id, {"complete"})
-    steps = (await api.get(f"/api/analysis/{run_id}/result", headers=account.headers)).json()
-    assert len(steps["cost"]["ai"]) == 2
-    # Both parts were asked for: the fit and the outreach message.
-    assert "outreach_message" in steps["analysis"] and "selling_points" in steps["analysis"]
+    result = (await api.get(f"/api/analysis/{run_id}/result", headers=account.headers)).json()
+    assert "outreach_message" in result["analysis"] and "selling_points" in result["analysis"]
+
+    # In the workflow's history both calls are scheduled before either completes: one after
+    # the other, the second would be scheduled only once the first had completed.
+    history = await temporal_client.get_workflow_handle(workflow_id(run_id)).fetch_history()
+    scheduled = [
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "analyze_profile"
+    ]
+    completed = [
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and event.activity_task_completed_event_attributes.scheduled_event_id in scheduled
+    ]
+    assert len(scheduled) == 2 and len(completed) == 2
+    assert max(scheduled) < min(completed)
 
 
 async def test_second_run_uses_the_cached_profile_and_skips_the_scrape(

@@ -42,7 +42,7 @@ async def test_worker_logs_expected_outcomes_in_one_line_each(servers, new_accou
                     break
                 await asyncio.sleep(0.2)
         finally:
-            stack.stop(worker)
+            await asyncio.to_thread(stack.stop, worker)
 
         text = log.read_text()
         assert "Traceback" not in text, text

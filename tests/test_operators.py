@@ -4,6 +4,7 @@ exit, and change nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -23,8 +24,10 @@ def oslira(settings) -> Iterator:
     with tempfile.TemporaryDirectory() as home:
         base = {**os.environ, **process_env(settings, home)}
 
-        def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
+        async def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+            # In a thread: the session's in-process worker shares this event loop.
+            return await asyncio.to_thread(
+                subprocess.run,
                 stack.oslira_command(*args),
                 env=base | env,
                 capture_output=True,
@@ -48,7 +51,7 @@ async def _accounts_named(system_pool, name: str) -> int:
 async def test_accounts_create_makes_a_working_account(oslira, api, system_pool):
     name = f"Acme {uuid4().hex[:6]}"
     email = f"owner-{uuid4().hex[:6]}@acme.test"
-    result = oslira("accounts", "create", "--name", name, "--credits", "7", "--email", email)
+    result = await oslira("accounts", "create", "--name", name, "--credits", "7", "--email", email)
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
     headers = {"Authorization": f"Bearer {created['token']}"}
@@ -59,15 +62,15 @@ async def test_accounts_create_makes_a_working_account(oslira, api, system_pool)
     )
     assert profile.status_code == 200
 
-    listed = oslira("accounts", "list", "--json")
+    listed = await oslira("accounts", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     mine = next(r for r in rows if r["account_id"] == created["account_id"])
     assert (mine["name"], mine["balance"], mine["members"]) == (name, 7, 1)
-    table = oslira("accounts", "list")
+    table = await oslira("accounts", "list")
     assert name in table.stdout and created["account_id"] in table.stdout
 
-    again = oslira("accounts", "create", "--name", "Other", "--email", email.upper())
+    again = await oslira("accounts", "create", "--name", "Other", "--email", email.upper())
     _refused(again, "already exists")
     assert await _accounts_named(system_pool, "Other") == 0
 
@@ -88,37 +91,37 @@ async def test_accounts_create_refuses_bad_input_and_writes_nothing(
     oslira, system_pool, args, message
 ):
     name = f"Refused {uuid4().hex[:6]}"
-    result = oslira("accounts", "create", *[a.format(name=name) for a in args])
+    result = await oslira("accounts", "create", *[a.format(name=name) for a in args])
     _refused(result, message)
     assert await _accounts_named(system_pool, name) == 0
 
 
 async def test_token_commands_refuse_without_a_secret(oslira, system_pool):
     name = f"Secretless {uuid4().hex[:6]}"
-    _refused(oslira("accounts", "create", "--name", name, JWT_SECRET=""), "JWT_SECRET")
+    _refused(await oslira("accounts", "create", "--name", name, JWT_SECRET=""), "JWT_SECRET")
     assert await _accounts_named(system_pool, name) == 0
-    _refused(oslira("tokens", "issue", "--user", str(uuid4()), JWT_SECRET=""), "JWT_SECRET")
+    _refused(await oslira("tokens", "issue", "--user", str(uuid4()), JWT_SECRET=""), "JWT_SECRET")
 
 
 async def test_tokens_issue_gives_an_existing_user_a_working_token(oslira, api, new_account):
     account = await new_account(credits_granted=4)
-    result = oslira("tokens", "issue", "--user", str(account.user_id), "--days", "2")
+    result = await oslira("tokens", "issue", "--user", str(account.user_id), "--days", "2")
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     balance = await api.get("/api/credits/balance", headers={"Authorization": f"Bearer {token}"})
     assert balance.json()["balance"] == 4
 
-    _refused(oslira("tokens", "issue", "--user", str(uuid4())), "no user")
-    _refused(oslira("tokens", "issue", "--user", "not-a-uuid"), "--user")
+    _refused(await oslira("tokens", "issue", "--user", str(uuid4())), "no user")
+    _refused(await oslira("tokens", "issue", "--user", "not-a-uuid"), "--user")
 
 
 async def test_credits_grant_adds_an_adjustment_once_per_key(oslira, api, new_account, system_pool):
     account = await new_account(credits_granted=1)
     args = ["credits", "grant", "--account", str(account.account_id), "--amount", "5"]
-    first = oslira(*args, "--reason", "goodwill after an outage", "--idempotency-key", "t-1")
+    first = await oslira(*args, "--reason", "goodwill after an outage", "--idempotency-key", "t-1")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["balance_after"] == 6
-    repeat = oslira(*args, "--reason", "goodwill after an outage", "--idempotency-key", "t-1")
+    repeat = await oslira(*args, "--reason", "goodwill after an outage", "--idempotency-key", "t-1")
     assert repeat.returncode == 0, repeat.stderr
     assert json.loads(repeat.stdout)["applied"] == "earlier, with the same key"
 
@@ -134,13 +137,15 @@ async def test_credits_grant_adds_an_adjustment_once_per_key(oslira, api, new_ac
     assert balance.json()["balance"] == 6
 
     other_amount = [*args[:-1], "6", "--reason", "goodwill after an outage"]
-    _refused(oslira(*other_amount, "--idempotency-key", "t-1"), "already used for 5 credits")
-    _refused(oslira(*args, "--reason", "another", "--idempotency-key", "t-1"), "already used")
-    _refused(oslira(*args, "--reason", "x", "--idempotency-key", ""), "must not be empty")
-    _refused(oslira(*args[:-1], "0", "--reason", "x"), "--amount")
-    _refused(oslira(*args, "--reason", "  "), "--reason must not be empty")
+    _refused(await oslira(*other_amount, "--idempotency-key", "t-1"), "already used for 5 credits")
+    _refused(await oslira(*args, "--reason", "another", "--idempotency-key", "t-1"), "already used")
+    _refused(await oslira(*args, "--reason", "x", "--idempotency-key", ""), "must not be empty")
+    _refused(await oslira(*args[:-1], "0", "--reason", "x"), "--amount")
+    _refused(await oslira(*args, "--reason", "  "), "--reason must not be empty")
     _refused(
-        oslira("credits", "grant", "--account", str(uuid4()), "--amount", "5", "--reason", "x"),
+        await oslira(
+            "credits", "grant", "--account", str(uuid4()), "--amount", "5", "--reason", "x"
+        ),
         "no account",
     )
     assert (
@@ -151,6 +156,6 @@ async def test_credits_grant_adds_an_adjustment_once_per_key(oslira, api, new_ac
     )
 
 
-def test_operator_commands_say_so_when_the_database_is_unreachable(oslira):
-    result = oslira("accounts", "list", DATABASE_URL="postgresql://nobody@127.0.0.1:9/none")
+async def test_operator_commands_say_so_when_the_database_is_unreachable(oslira):
+    result = await oslira("accounts", "list", DATABASE_URL="postgresql://nobody@127.0.0.1:9/none")
     _refused(result, "cannot reach the database")

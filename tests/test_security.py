@@ -7,6 +7,7 @@ is read" is literal: the answer arrives while the client has not sent the body a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -169,13 +170,17 @@ async def test_a_body_just_under_the_limit_is_read(api_process, settings, new_ac
     padding = "x" * (settings.max_request_bytes - 100)
     body = f'{{"name": "big", "description": "{padding}"}}'.encode()
     assert len(body) <= settings.max_request_bytes
-    for framing in ({"Content-Length": str(len(body))}, {"Transfer-Encoding": "chunked"}):
+
+    def send(framing: dict[str, str]) -> tuple[int, bytes]:
         with api_process.connect() as conn:
             conn.sendall(_head("/api/business-profiles", framing | account.headers))
             if "Content-Length" in framing:
                 conn.sendall(body)
             else:
                 conn.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
-            status, answer = _read_response(conn)
+            return _read_response(conn)
+
+    for framing in ({"Content-Length": str(len(body))}, {"Transfer-Encoding": "chunked"}):
+        status, answer = await asyncio.to_thread(send, framing)  # blocking sockets
         assert status == 422, answer  # read and validated: the description is too long
         assert b'"field":"description"' in answer

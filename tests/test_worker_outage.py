@@ -3,6 +3,7 @@ replaced and the run completes with exactly one charge."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import tempfile
 from uuid import uuid4
@@ -42,7 +43,7 @@ async def test_progress_answers_from_the_database_when_no_worker_runs(lonely, ne
         try:
             assert (await wait_for(api, account, run_id, timeout=60))["status"] == "complete"
         finally:
-            stack.stop(worker)
+            await asyncio.to_thread(stack.stop, worker)
 
 
 async def test_worker_killed_mid_run_is_replaced_and_the_run_charges_once(
@@ -65,7 +66,7 @@ async def test_worker_killed_mid_run_is_replaced_and_the_run_charges_once(
                 predicate=lambda p: step(p, "scrape_profile")["status"] == "running",
             )
             first.send_signal(signal.SIGKILL)
-            first.wait()
+            await asyncio.to_thread(first.wait)
 
             during = await api.get(f"/api/analysis/{run_id}/progress", headers=account.headers)
             assert during.status_code == 200
@@ -76,7 +77,7 @@ async def test_worker_killed_mid_run_is_replaced_and_the_run_charges_once(
         finally:
             for proc in (first, second):
                 if proc is not None:
-                    stack.stop(proc)
+                    await asyncio.to_thread(stack.stop, proc)
 
     assert final["status"] == "complete", final
     assert step(final, "scrape_profile")["attempt"] == 2
