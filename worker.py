@@ -67,8 +67,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         compensation = CompensationActivities(pool)
         profile_cache = PostgresProfileCache(pool)
         cache = CacheActivities(profile_cache, pool, settings)
-        scrape = ScrapeActivities(scraper, profile_cache, pool, settings)
-        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), pool, settings)
+        scrape = ScrapeActivities(scraper, profile_cache, settings)
+        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), settings)
         results = ResultActivities(pool)
 
         activities: list[Callable[..., Any]] = [

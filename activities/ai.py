@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 from temporalio import activity
 
 from activities.common import attempt, done_since, expected, now, provider_call, step_activity
@@ -14,9 +13,8 @@ from providers.errors import ProviderRejected, ProviderUnavailable
 
 
 class AIActivities:
-    def __init__(self, analyzer: OpenAIAnalyzer, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, analyzer: OpenAIAnalyzer, settings: Settings) -> None:
         self._analyzer = analyzer
-        self._pool = pool
         self._settings = settings
 
     @activity.defn
@@ -26,7 +24,7 @@ class AIActivities:
         started = now()
         tried = attempt(input.attempts_before)
         try:
-            async with provider_call(self._pool, input.progress):
+            async with provider_call():
                 parsed, usage = await self._analyzer.analyze(
                     input.part, self._settings.model_for(input.tier), input.business, input.profile
                 )

@@ -10,17 +10,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from core.errors import DATABASE_UNAVAILABLE, PROVIDER_UNAVAILABLE, internal_error
-from core.progress import Progress, StepDone
-from db import analyses
+from core.progress import StepDone
 from db.errors import UNAVAILABLE
-from db.pool import connection
 
-SAVE_RUNNING_AFTER = 0.25  # seconds
+HEARTBEAT_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
 
 Activity = TypeVar("Activity", bound=Callable[..., Awaitable[Any]])
@@ -92,34 +89,20 @@ def _sorting_errors(body: Activity, *, bugs_end_the_run: bool) -> Activity:
 
 
 @asynccontextmanager
-async def provider_call(pool: asyncpg.Pool, progress: Progress) -> AsyncIterator[None]:
-    """Wraps a call to a provider: heartbeats so a cancel request reaches it and a lost
-    worker is noticed, and keeps the run's progress document (this step running).
-
-    Both start only once the call has lasted a while, so a fast call costs no database write
-    and no heartbeat round trip. Keeping the document is best-effort: the call goes on
-    whether or not the database answers.
-    """
-
-    async def keep_progress() -> None:
-        await asyncio.sleep(SAVE_RUNNING_AFTER)
-        try:
-            async with connection(pool, timeout=2) as conn:
-                await analyses.save_progress(conn, progress)
-        except Exception as exc:  # a database outage must not cost a paid call
-            activity.logger.info("progress not kept (%r); the call goes on", exc)
+async def provider_call() -> AsyncIterator[None]:
+    """Wraps a call to a provider: heartbeats, so a cancel request reaches it and a worker
+    lost mid-call is noticed. Only once the call has lasted a while: a fast call costs no
+    heartbeat round trip. Provider calls never touch the database: an outage of it cannot
+    cost a paid call (the workflow keeps their progress)."""
 
     async def heartbeat() -> None:
-        await asyncio.sleep(SAVE_RUNNING_AFTER)
+        await asyncio.sleep(HEARTBEAT_AFTER)
         while True:
             activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
 
-    async def watch() -> None:
-        await asyncio.gather(keep_progress(), heartbeat())
-
-    watcher = asyncio.create_task(watch())
+    beating = asyncio.create_task(heartbeat())
     try:
         yield
     finally:
-        watcher.cancel()
+        beating.cancel()

@@ -7,7 +7,6 @@ retrying a paid scrape for. The step is reported failed and the run goes on.
 
 from __future__ import annotations
 
-import asyncpg
 from temporalio import activity
 
 from activities.common import attempt, done_since, expected, now, provider_call, step_activity
@@ -20,12 +19,9 @@ from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, 
 
 
 class ScrapeActivities:
-    def __init__(
-        self, scraper: ApifyScraper, cache: ProfileCache, pool: asyncpg.Pool, settings: Settings
-    ) -> None:
+    def __init__(self, scraper: ApifyScraper, cache: ProfileCache, settings: Settings) -> None:
         self._scraper = scraper
         self._cache = cache
-        self._pool = pool
         self._settings = settings
 
     @activity.defn
@@ -34,7 +30,7 @@ class ScrapeActivities:
         started = now()
         tried = attempt(input.attempts_before)
         try:
-            async with provider_call(self._pool, input.progress):
+            async with provider_call():
                 profile = await self._scraper.scrape(input.username)
         except ProfileNotFound as exc:
             raise expected(

@@ -10,7 +10,8 @@ from importlib.metadata import version
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors, openapi, runs
+from api import errors, openapi
+from api.deps import TemporalHealth
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import analysis, business_profiles, credits, health
 from core import temporal
@@ -49,8 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             connect_timeout=settings.db_connect_timeout_seconds,
         )
         # Lazy: the API starts, and answers health and progress, while Temporal is down.
-        app.state.temporal = await temporal.connect(settings, lazy=True)
-        app.state.query_breaker = runs.QueryBreaker()
+        app.state.temporal = await temporal.connect(
+            settings, lazy=True, patience=settings.temporal_unreachable_after_seconds
+        )
+        app.state.temporal_health = TemporalHealth()
         try:
             yield
         finally:

@@ -7,9 +7,10 @@ that account. Routes never set those themselves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
 
@@ -37,8 +38,42 @@ def get_temporal(request: Request) -> Client:
     return client
 
 
+class Breaker:
+    """Open for a while after a failure: callers skip what it guards until then."""
+
+    def __init__(self) -> None:
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self._open_until
+
+    def trip(self, seconds: float) -> None:
+        self._open_until = time.monotonic() + seconds
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+
+
+@dataclass
+class TemporalHealth:
+    """What this process has lately learnt of Temporal. `server` opens when the server
+    could not be reached: starts answer 503 and progress reads the database, at once.
+    `queries` opens when workflows did not answer a query in time (no worker): progress
+    reads the database without waiting."""
+
+    server: Breaker = field(default_factory=Breaker)
+    queries: Breaker = field(default_factory=Breaker)
+
+
+def get_temporal_health(request: Request) -> TemporalHealth:
+    health: TemporalHealth = request.app.state.temporal_health
+    return health
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Temporal = Annotated[Client, Depends(get_temporal)]
+TemporalState = Annotated[TemporalHealth, Depends(get_temporal_health)]
 
 
 def current_user_id(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -21,7 +20,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import TenantScope
+from api.deps import TemporalHealth, TenantScope
 from api.errors import Conflict, NotFound, Unavailable
 from api.schemas import AnalyzeRequest
 from core.models import AnalysisInput
@@ -39,6 +38,7 @@ async def start(
     scope: TenantScope,
     settings: Settings,
     temporal: Client,
+    health: TemporalHealth,
     request: AnalyzeRequest,
     idempotency_key: str | None = None,
 ) -> asyncpg.Record:
@@ -49,14 +49,14 @@ async def start(
     another request), credits.InsufficientCredits, Unavailable (Temporal did not take it;
     nothing was charged).
     """
+    if health.server.open:
+        raise _not_started()
     run_id = uuid4()  # step 1
     cost = settings.credits_for(request.analysis_type)
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-    async with scope.transaction() as conn:
-        # The account's requests take turns from here to the commit: each sees the runs the
-        # others accepted, so a repeat finds its run (same key, or 409) before any credit
-        # check, and the credit check counts what accepted runs will still charge.
-        await credits.lock_promises(conn, scope.account_id)
+    # Requests of one account queue here, in the process, rather than each holding a
+    # pooled connection while it waits for the account's lock in the database.
+    async with _account_turn(scope.account_id), scope.transaction() as conn:
         if idempotency_key and (
             earlier := await _replay(conn, scope.account_id, idempotency_key, request_hash)
         ):
@@ -67,19 +67,16 @@ async def start(
                 code="business_profile_not_found",
                 field="business_profile_id",
             )
-        if existing := await analyses.find_in_flight(
-            conn, scope.account_id, request.business_profile_id, request.username
-        ):
-            raise _in_progress(request.username, existing)
-        # Step 4, the fast check; the charge (step 5) stays the authority.
-        funds = await credits.available(conn, scope.account_id)
-        if funds.credits < cost:
-            raise credits.InsufficientCredits(funds.balance, cost, promised=funds.promised)
         accepted_at = datetime.now(UTC)
         try:
-            # Steps 2 and 3: the unique index is the last word on duplicates.
             async with conn.transaction():
-                await analyses.insert_pending(
+                # The account's requests take turns from here to the commit, a few
+                # milliseconds: the insert (steps 2 and 3) meets the unique indexes first,
+                # so a repeat finds its run (same key) or a 409 (same username in flight),
+                # then step 4 checks that the balance covers every accepted run, this one
+                # included, before any is charged. The charge (step 5) stays the authority.
+                await credits.lock_promises(conn, scope.account_id)
+                row = await analyses.insert_pending(
                     conn,
                     account_id=scope.account_id,
                     business_profile_id=request.business_profile_id,
@@ -91,6 +88,11 @@ async def start(
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
                 )
+                funds = await credits.available(conn, scope.account_id)
+                if funds.credits < 0:
+                    raise credits.InsufficientCredits(
+                        funds.balance, cost, promised=funds.promised - cost
+                    )
         except asyncpg.UniqueViolationError:
             if idempotency_key and (
                 earlier := await _replay(conn, scope.account_id, idempotency_key, request_hash)
@@ -100,8 +102,6 @@ async def start(
                 conn, scope.account_id, request.business_profile_id, request.username
             )
             raise _in_progress(request.username, existing) from None
-        row = await analyses.get(conn, run_id)
-    assert row is not None
 
     run = AnalysisInput(
         run_id=run_id,
@@ -128,14 +128,18 @@ async def start(
     except Exception as exc:
         # The start failed or its answer was lost: make sure the run ends without a charge.
         log.error("could not start workflow for run %s: %r", run_id, exc)
+        if isinstance(exc, RPCError) and exc.status is RPCStatusCode.UNAVAILABLE:
+            health.server.trip(settings.progress_query_backoff_seconds)
         async with scope.transaction() as conn:
             await analyses.mark_not_started(
                 conn, run_id, "not_started", "The analysis could not be started."
             )
-        raise Unavailable(
-            "The analysis could not be started; nothing was charged. Retry later."
-        ) from exc
+        raise _not_started() from exc
     return row
+
+
+def _not_started() -> Unavailable:
+    return Unavailable("The analysis could not be started; nothing was charged. Retry later.")
 
 
 async def _replay(
@@ -151,6 +155,15 @@ async def _replay(
     return row
 
 
+_TURNS = [asyncio.Lock() for _ in range(64)]
+
+
+def _account_turn(account_id: UUID) -> asyncio.Lock:
+    """The in-process lock an account's starts take turns on (64 stripes: accounts sharing
+    one wait a few milliseconds for each other; the database lock is the one that counts)."""
+    return _TURNS[account_id.int % len(_TURNS)]
+
+
 def _in_progress(username: str, run_id: UUID | None) -> Conflict:
     return Conflict(
         f"@{username} is already being analysed for this business profile.",
@@ -159,29 +172,12 @@ def _in_progress(username: str, run_id: UUID | None) -> Conflict:
     )
 
 
-class QueryBreaker:
-    """Skips workflow queries for a while after one failed for want of a server or worker."""
-
-    def __init__(self) -> None:
-        self._open_until = 0.0
-
-    @property
-    def open(self) -> bool:
-        return time.monotonic() < self._open_until
-
-    def trip(self, seconds: float) -> None:
-        self._open_until = time.monotonic() + seconds
-
-    def reset(self) -> None:
-        self._open_until = 0.0
-
-
 async def live_progress(
-    temporal: Client, settings: Settings, breaker: QueryBreaker, run_id: UUID
+    temporal: Client, settings: Settings, health: TemporalHealth, run_id: UUID
 ) -> Progress | None:
     """The workflow's own progress document, or None when it cannot answer in time (no
     server, no worker, not started yet): the caller answers from the database."""
-    if breaker.open:
+    if health.server.open or health.queries.open:
         return None
     handle: WorkflowHandle[AnalysisWorkflow, object] = temporal.get_workflow_handle_for(
         AnalysisWorkflow.run, workflow_id(run_id)
@@ -193,15 +189,15 @@ async def live_progress(
             timeout,
         )
     except (TimeoutError, RPCError) as exc:
-        if isinstance(exc, TimeoutError) or exc.status in (
-            RPCStatusCode.DEADLINE_EXCEEDED,
-            RPCStatusCode.UNAVAILABLE,
-        ):
-            breaker.trip(settings.progress_query_backoff_seconds)
+        backoff = settings.progress_query_backoff_seconds
+        if isinstance(exc, RPCError) and exc.status is RPCStatusCode.UNAVAILABLE:
+            health.server.trip(backoff)
+        elif isinstance(exc, TimeoutError) or exc.status is RPCStatusCode.DEADLINE_EXCEEDED:
+            health.queries.trip(backoff)
         return None
     except Exception:  # a query the workflow cannot answer (a failing workflow task)
         return None
-    breaker.reset()
+    health.queries.reset()
     return live
 
 

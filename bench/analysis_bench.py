@@ -6,7 +6,10 @@ measured is our orchestration, not the providers), creates an account, then:
   p50/p95 of the time from the POST to the run's `finished_at` (server), to the moment the
   bench saw it complete (observed, polling the database every 2 ms), and of the POST itself
   (post: the API's steps 1-4 and the workflow start);
-- starts 100 light analyses at once and reports analyses completed per second.
+- starts 100 light analyses at once and reports analyses completed per second;
+- under load: 300 POSTs at once, then a steady 50 POSTs a second for 10 s, reporting the
+  POST's latency and, meanwhile, the progress endpoint's (a client polling 20 times a
+  second).
 
 Usage: .venv/bin/python bench/analysis_bench.py [--runs 25] [--burst 100]
 """
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -44,6 +48,7 @@ def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50_ms": percentile(values, 0.5),
         "p95_ms": percentile(values, 0.95),
+        "p99_ms": percentile(values, 0.99),
         "mean_ms": round(statistics.fmean(values), 1),
         "n": len(values),
     }
@@ -92,6 +97,71 @@ class Bench:
             server.append((finished.timestamp() - started) * 1000)
         return {"server": summary(server), "observed": summary(observed), "post": summary(accept)}
 
+    async def timed_post(
+        self, username: str, latencies: list[float], statuses: Counter[int]
+    ) -> UUID | None:
+        started = time.perf_counter()
+        response = await self.api.post(
+            "/api/leads/analyze",
+            json={
+                "username": username,
+                "analysis_type": "light",
+                "business_profile_id": self.account["business_profile_id"],
+            },
+            headers=self.headers,
+        )
+        latencies.append((time.perf_counter() - started) * 1000)
+        statuses[response.status_code] += 1
+        return UUID(response.json()["run_id"]) if response.status_code == 202 else None
+
+    async def poll_progress(self, runs: list[UUID], latencies: list[float], every: float) -> None:
+        """A client following runs: one progress request every `every` seconds."""
+        while True:
+            if runs:
+                run_id = runs[len(latencies) % len(runs)]
+                started = time.perf_counter()
+                response = await self.api.get(
+                    f"/api/analysis/{run_id}/progress", headers=self.headers
+                )
+                response.raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(every)
+
+    async def under_load(self, posts: int, rate: float | None) -> dict[str, object]:
+        """POST latency for `posts` analyses, all at once (rate None) or at a steady rate,
+        and the progress endpoint's latency meanwhile (20 requests a second)."""
+        post_ms: list[float] = []
+        progress_ms: list[float] = []
+        statuses: Counter[int] = Counter()
+        runs: list[UUID] = []
+        poller = asyncio.create_task(self.poll_progress(runs, progress_ms, 0.05))
+        tag = uuid4().hex[:6]
+
+        async def one(i: int) -> None:
+            if run_id := await self.timed_post(f"load_{tag}_{i}", post_ms, statuses):
+                runs.append(run_id)
+
+        started = time.perf_counter()
+        if rate is None:
+            await asyncio.gather(*(one(i) for i in range(posts)))
+        else:
+            pending = []
+            for i in range(posts):
+                pending.append(asyncio.create_task(one(i)))
+                await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.perf_counter()))
+            await asyncio.gather(*pending)
+        sent_s = time.perf_counter() - started
+        await self.wait(runs, 0.05)
+        poller.cancel()
+        return {
+            "posts": posts,
+            "rate_per_s": rate or "all at once",
+            "sent_in_s": round(sent_s, 2),
+            "statuses": dict(statuses),
+            "post": summary(post_ms),
+            "progress": summary(progress_ms),
+        }
+
     async def burst(self, count: int) -> dict[str, object]:
         started = time.time()
         run_ids = await asyncio.gather(
@@ -128,7 +198,8 @@ async def measure(
     )
     db = await asyncpg.create_pool(stack_env["DATABASE_URL"], min_size=1, max_size=4)
     api_url = f"http://127.0.0.1:{env['API_PORT']}"
-    async with httpx.AsyncClient(base_url=api_url, timeout=60) as api:
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(base_url=api_url, timeout=120, limits=limits) as api:
         bench = Bench(api, db, account)
         await bench.single("light", 5)  # warm-up: imports, pools, sticky caches
         results: dict[str, object] = {}
@@ -138,6 +209,8 @@ async def measure(
         await bench.single("light", 1, cached)
         results["light_cache_hit"] = await bench.single("light", runs, cached)
         results["throughput"] = await bench.burst(burst)
+        results["load_300_at_once"] = await bench.under_load(300, None)
+        results["load_50_per_s"] = await bench.under_load(500, 50.0)
     await db.close()
     return results
 
@@ -146,13 +219,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=25, help="sequential runs per tier")
     parser.add_argument("--burst", type=int, default=100, help="analyses started at once")
+    parser.add_argument("--api-processes", type=int, default=0, help="0: the stack's default")
     args = parser.parse_args()
 
-    with dev_stack() as (home, env, _):
+    extra = {"API_PROCESSES": str(args.api_processes)} if args.api_processes else {}
+    with dev_stack(**extra) as (home, env, _):
         results = asyncio.run(measure(home, create_account(env), env, args.runs, args.burst))
     print(
         json.dumps(
-            {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **results},
+            {
+                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                "api_processes": args.api_processes or "default",
+                **results,
+            },
             indent=2,
         )
     )

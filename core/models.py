@@ -146,7 +146,6 @@ class ScrapeInput(BaseModel):
     username: str
     # Tries of earlier executions, ended by the provider's failures (the workflow's count).
     attempts_before: int = 0
-    progress: Progress
 
 
 class ScrapeOutput(BaseModel):
@@ -168,7 +167,6 @@ class AIInput(BaseModel):
     business: BusinessContext
     profile: Profile
     attempts_before: int = 0
-    progress: Progress
 
 
 class AIOutput(BaseModel):

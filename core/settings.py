@@ -135,9 +135,11 @@ class Settings(BaseSettings):
     # database, and how long it then skips queries after one timed out (no worker running).
     progress_query_timeout_seconds: float = 0.5
     progress_query_backoff_seconds: float = 10.0
-    # The longest the API waits for Temporal to start or cancel a workflow before it
-    # answers 503 (a start) or relies on the run's cancel flag (a cancel).
-    temporal_call_timeout_seconds: float = 2.0
+    # The longest the API waits for Temporal to start or cancel a workflow (a busy server is
+    # slow) before it answers 503 (a start) or relies on the run's cancel flag (a cancel);
+    # and how long it keeps retrying a server it cannot reach (a server that is down).
+    temporal_call_timeout_seconds: float = 10.0
+    temporal_unreachable_after_seconds: float = 1.5
     # The longest the API waits for a database connection before it answers 503.
     db_connect_timeout_seconds: float = 2.0
 

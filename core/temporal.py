@@ -9,6 +9,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RetryConfig
 
 from core.settings import Settings
 
@@ -21,12 +22,15 @@ SEARCH_ATTRIBUTES = {
 }
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False, patience: float = 10.0) -> Client:
+    """`patience`: how long a call keeps retrying a server it cannot reach before it fails
+    (the API gives up sooner than workers: it must answer)."""
     return await Client.connect(
         settings.require_temporal_address(),
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
         lazy=lazy,
+        retry_config=RetryConfig(max_elapsed_time_millis=int(patience * 1000)),
     )
 
 

@@ -69,13 +69,15 @@ async def insert_pending(
     progress: Progress,
     idempotency_key: str | None,
     request_hash: str,
-) -> None:
-    """Raises UniqueViolationError on `analyses_one_in_flight` or `analyses_idempotency_key`."""
-    await conn.execute(
-        """INSERT INTO analyses (id, account_id, business_profile_id, requested_by, username,
-               analysis_type, credits_cost, progress, current_step, steps, idempotency_key,
-               request_hash)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+) -> asyncpg.Record:
+    """The new run's row. Raises UniqueViolationError on `analyses_one_in_flight` (the same
+    username in flight) or `analyses_idempotency_key` (the key was used)."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO analyses (id, account_id, business_profile_id, requested_by, username,
+                analysis_type, credits_cost, progress, current_step, steps, idempotency_key,
+                request_hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            RETURNING {_RUN_COLUMNS}""",
         progress.run_id,
         account_id,
         business_profile_id,
@@ -89,6 +91,8 @@ async def insert_pending(
         idempotency_key,
         request_hash,
     )
+    assert row is not None
+    return row
 
 
 async def get(conn: Connection, run_id: UUID) -> asyncpg.Record | None:

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi import APIRouter, Header, Path, Query, status
 from pydantic import AfterValidator
 
 from api import examples, runs
-from api.deps import SettingsDep, Temporal, Tenant
+from api.deps import SettingsDep, Temporal, TemporalState, Tenant
 from api.errors import Conflict, NotFound, error_example, responses
 from api.pagination import Paging
 from api.schemas import (
@@ -101,6 +101,7 @@ async def start_analysis(
     scope: Tenant,
     settings: SettingsDep,
     temporal: Temporal,
+    health: TemporalState,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -108,7 +109,7 @@ async def start_analysis(
         ),
     ] = None,
 ) -> RunAccepted:
-    return _accepted(await runs.start(scope, settings, temporal, body, idempotency_key))
+    return _accepted(await runs.start(scope, settings, temporal, health, body, idempotency_key))
 
 
 @router.get(
@@ -198,12 +199,15 @@ def _progress_response(document: Progress, row: asyncpg.Record, source: str) -> 
     responses=responses(404, e404=_RUN_NOT_FOUND),
 )
 async def get_progress(
-    run_id: RunId, scope: Tenant, temporal: Temporal, settings: SettingsDep, request: Request
+    run_id: RunId,
+    scope: Tenant,
+    temporal: Temporal,
+    settings: SettingsDep,
+    health: TemporalState,
 ) -> ProgressResponse:
     row = await _run(scope, run_id)
     if not RunStatus(row["status"]).terminal:
-        breaker: runs.QueryBreaker = request.app.state.query_breaker
-        live = await runs.live_progress(temporal, settings, breaker, run_id)
+        live = await runs.live_progress(temporal, settings, health, run_id)
         if live is not None:
             return _progress_response(live, row, "workflow")
     return _progress_response(analyses.progress_of(row), row, "database")
