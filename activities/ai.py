@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 
 from activities.common import attempt, done_since, expected, now, provider_call, step_activity
 from core.errors import ErrorCode, business_error, provider_unavailable
 from core.models import AIInput, AIOutput
 from core.settings import Settings
-from providers.ai import OpenAIAnalyzer
+from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.errors import ProviderRejected, ProviderUnavailable
 
 
@@ -24,10 +26,15 @@ class AIActivities:
         started = now()
         tried = attempt(input.attempts_before)
         try:
-            async with provider_call():
+            # The whole call, not only each read: a provider that trickles counts as failing.
+            async with provider_call(), asyncio.timeout(self._settings.openai_timeout_seconds):
                 parsed, usage = await self._analyzer.analyze(
                     input.part, self._settings.model_for(input.tier), input.business, input.profile
                 )
+        except TimeoutError as exc:
+            raise expected(
+                provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)
+            ) from exc
         except ProviderRejected as exc:
             raise expected(
                 business_error(

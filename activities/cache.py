@@ -23,7 +23,7 @@ class CacheActivities:
     @activity.defn
     @step_activity
     async def check_cache(self, input: CacheLookupInput) -> CacheLookupOutput:
-        """A cached profile fresh enough for the tier (24 h / 12 h / 6 h), or nothing."""
+        """A cached profile fresh enough for the tier (CACHE_TTL_HOURS_*), or nothing."""
         started = now()
         found = await self._cache.get(input.username)
         profile, age = None, None

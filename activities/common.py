@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from core.errors import DATABASE_UNAVAILABLE, PROVIDER_UNAVAILABLE, internal_error
+from core.errors import DATABASE_UNAVAILABLE, PROVIDER_UNAVAILABLE, details_of, internal_error
 from core.progress import StepDone
 from db.errors import UNAVAILABLE
 
@@ -40,12 +40,8 @@ def done_since(started_at: datetime, attempts_before: int = 0) -> StepDone:
 def expected(error: ApplicationError) -> ApplicationError:
     """Logs an expected outcome (a business failure, a provider's failure) in one line
     carrying the run, and returns it to be raised."""
-    details = error.details[0] if error.details else {}
-    tried = (
-        f" (attempt {details['attempt']})"
-        if isinstance(details, dict) and "attempt" in details
-        else ""
-    )
+    details = details_of(error)
+    tried = f" (attempt {details['attempt']})" if "attempt" in details else ""
     log = activity.logger.warning if error.type == PROVIDER_UNAVAILABLE else activity.logger.info
     log("%s: %s%s", error.type, error.message, tried)
     return error
@@ -76,13 +72,16 @@ def _sorting_errors(body: Activity, *, bugs_end_the_run: bool) -> Activity:
             activity.logger.warning("database unavailable: %r (attempt %d)", exc, attempt())
             raise ApplicationError(
                 f"database unavailable: {exc!r}",
+                {"attempt": attempt()},
                 type=DATABASE_UNAVAILABLE,
                 category=ApplicationErrorCategory.BENIGN,
             ) from exc
         except Exception as exc:
             activity.logger.exception("bug in %s (attempt %d)", body.__name__, attempt())
             if bugs_end_the_run:
-                raise internal_error(f"{type(exc).__name__} in {body.__name__}") from exc
+                raise internal_error(
+                    f"{type(exc).__name__} in {body.__name__}", attempt=attempt()
+                ) from exc
             raise
 
     return run  # type: ignore[return-value]

@@ -7,15 +7,19 @@ retrying a paid scrape for. The step is reported failed and the run goes on.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 
 from activities.common import attempt, done_since, expected, now, provider_call, step_activity
 from core.errors import ErrorCode, business_error, provider_unavailable
-from core.models import ScrapeInput, ScrapeOutput
+from core.models import Profile, ScrapeInput, ScrapeOutput
 from core.settings import Settings
-from providers.apify import ApifyScraper
+from providers.apify import APIFY, ApifyScraper
 from providers.cache import ProfileCache
 from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, ProviderUnavailable
+
+STORE_WITHIN = 2.0  # seconds
 
 
 class ScrapeActivities:
@@ -29,9 +33,27 @@ class ScrapeActivities:
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
         tried = attempt(input.attempts_before)
+        async with provider_call():  # heartbeats through the scrape and the cache write
+            profile = await self._scrape(input.username, tried)
+            scraped = done_since(started, input.attempts_before)
+            stored = await self._store(profile)
+        return ScrapeOutput(
+            done=scraped,
+            profile=profile,
+            cost_usd=self._settings.apify_usd_per_profile,
+            store=done_since(scraped.finished_at, input.attempts_before),
+            stored=stored,
+        )
+
+    async def _scrape(self, username: str, tried: int) -> Profile:
         try:
-            async with provider_call():
-                profile = await self._scraper.scrape(input.username)
+            # The whole call, not only each read: a provider that trickles counts as failing.
+            async with asyncio.timeout(self._settings.apify_timeout_seconds):
+                return await self._scraper.scrape(username)
+        except TimeoutError as exc:
+            raise expected(
+                provider_unavailable(APIFY, "Apify took too long to answer", tried)
+            ) from exc
         except ProfileNotFound as exc:
             raise expected(
                 business_error(ErrorCode.profile_not_found, exc.message, provider=exc.provider)
@@ -48,18 +70,13 @@ class ScrapeActivities:
             ) from exc
         except ProviderUnavailable as exc:
             raise expected(provider_unavailable(exc.provider, exc.message, tried)) from exc
-        scraped = done_since(started, input.attempts_before)
 
-        stored = True
+    async def _store(self, profile: Profile) -> bool:
+        """Step 8, best-effort and brief: a paid scrape never waits on the cache."""
         try:
-            await self._cache.put(profile)
+            async with asyncio.timeout(STORE_WITHIN):
+                await self._cache.put(profile)
         except Exception as exc:
-            activity.logger.warning("@%s not stored in the cache: %r", input.username, exc)
-            stored = False
-        return ScrapeOutput(
-            done=scraped,
-            profile=profile,
-            cost_usd=self._settings.apify_usd_per_profile,
-            store=done_since(scraped.finished_at, input.attempts_before),
-            stored=stored,
-        )
+            activity.logger.warning("@%s not stored in the cache: %r", profile.username, exc)
+            return False
+        return True

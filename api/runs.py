@@ -16,14 +16,19 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import TemporalHealth, TenantScope
 from api.errors import Conflict, NotFound, Unavailable
 from api.schemas import AnalyzeRequest
-from core.models import AnalysisInput
+from core.models import AnalysisInput, ProviderBudget
 from core.progress import Progress, Tracker
 from core.settings import Settings
 from core.temporal import workflow_id
@@ -112,6 +117,11 @@ async def start(
         credits_cost=cost,
         scrape_task_queue=settings.scrape_task_queue,
         accepted_at=accepted_at,
+        provider_budget=ProviderBudget(
+            attempts=settings.provider_attempts,
+            first_pause_seconds=settings.provider_first_pause_seconds,
+            max_pause_seconds=settings.provider_max_pause_seconds,
+        ),
     )
     try:
         await asyncio.wait_for(
@@ -125,17 +135,33 @@ async def start(
         )
     except WorkflowAlreadyStartedError:
         pass
-    except Exception as exc:
-        # The start failed or its answer was lost: make sure the run ends without a charge.
+    except (Exception, asyncio.CancelledError) as exc:
+        # The start failed, or its answer was lost, or this request was cancelled meanwhile
+        # (the API stopping): end the run unless its workflow did start and charge it.
         log.error("could not start workflow for run %s: %r", run_id, exc)
-        if isinstance(exc, RPCError) and exc.status is RPCStatusCode.UNAVAILABLE:
-            health.server.trip(settings.progress_query_backoff_seconds)
-        async with scope.transaction() as conn:
-            await analyses.mark_not_started(
-                conn, run_id, "not_started", "The analysis could not be started."
-            )
-        raise _not_started() from exc
+        if _unreachable(exc):
+            health.server.trip(settings.temporal_unreachable_backoff_seconds)
+        marked = await asyncio.shield(_mark_not_started(scope, run_id))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        if marked:
+            raise _not_started() from exc
     return row
+
+
+async def _mark_not_started(scope: TenantScope, run_id: UUID) -> bool:
+    async with scope.transaction() as conn:
+        return await analyses.mark_not_started(
+            conn, run_id, "not_started", "The analysis could not be started."
+        )
+
+
+def _unreachable(error: BaseException) -> bool:
+    """The server could not be reached: refused, down, or never connected (a lazy client's
+    first connection fails with a RuntimeError)."""
+    if isinstance(error, RPCError):
+        return error.status is RPCStatusCode.UNAVAILABLE
+    return isinstance(error, RuntimeError)
 
 
 def _not_started() -> Unavailable:
@@ -188,14 +214,13 @@ async def live_progress(
             handle.query(AnalysisWorkflow.progress, rpc_timeout=timedelta(seconds=timeout)),
             timeout,
         )
-    except (TimeoutError, RPCError) as exc:
-        backoff = settings.progress_query_backoff_seconds
-        if isinstance(exc, RPCError) and exc.status is RPCStatusCode.UNAVAILABLE:
-            health.server.trip(backoff)
-        elif isinstance(exc, TimeoutError) or exc.status is RPCStatusCode.DEADLINE_EXCEEDED:
-            health.queries.trip(backoff)
-        return None
-    except Exception:  # a query the workflow cannot answer (a failing workflow task)
+    except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None  # the workflow cannot answer (a failing workflow task)
+    except Exception as exc:
+        if _unreachable(exc):
+            health.server.trip(settings.temporal_unreachable_backoff_seconds)
+        else:  # a timeout: no worker to answer
+            health.queries.trip(settings.progress_query_backoff_seconds)
         return None
     health.queries.reset()
     return live

@@ -114,17 +114,20 @@ class Bench:
         statuses[response.status_code] += 1
         return UUID(response.json()["run_id"]) if response.status_code == 202 else None
 
-    async def poll_progress(self, runs: list[UUID], latencies: list[float], every: float) -> None:
-        """A client following runs: one progress request every `every` seconds."""
+    async def poll_progress(
+        self, runs: list[UUID], latencies: list[float], statuses: Counter[int], every: float
+    ) -> None:
+        """A client following the runs just started (most still in flight, so the workflow
+        is asked): one progress request every `every` seconds."""
         while True:
             if runs:
-                run_id = runs[len(latencies) % len(runs)]
+                run_id = runs[-1 - len(latencies) % min(len(runs), 10)]
                 started = time.perf_counter()
                 response = await self.api.get(
                     f"/api/analysis/{run_id}/progress", headers=self.headers
                 )
-                response.raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000)
+                statuses[response.status_code] += 1
             await asyncio.sleep(every)
 
     async def under_load(self, posts: int, rate: float | None) -> dict[str, object]:
@@ -133,8 +136,9 @@ class Bench:
         post_ms: list[float] = []
         progress_ms: list[float] = []
         statuses: Counter[int] = Counter()
+        progress_statuses: Counter[int] = Counter()
         runs: list[UUID] = []
-        poller = asyncio.create_task(self.poll_progress(runs, progress_ms, 0.05))
+        poller = asyncio.create_task(self.poll_progress(runs, progress_ms, progress_statuses, 0.05))
         tag = uuid4().hex[:6]
 
         async def one(i: int) -> None:
@@ -151,13 +155,14 @@ class Bench:
                 await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.perf_counter()))
             await asyncio.gather(*pending)
         sent_s = time.perf_counter() - started
+        poller.cancel()  # progress is measured while the POSTs go on
         await self.wait(runs, 0.05)
-        poller.cancel()
         return {
             "posts": posts,
             "rate_per_s": rate or "all at once",
             "sent_in_s": round(sent_s, 2),
             "statuses": dict(statuses),
+            "progress_statuses": dict(progress_statuses),
             "post": summary(post_ms),
             "progress": summary(progress_ms),
         }

@@ -180,21 +180,25 @@ def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
     deadline: stopping takes at most `timeout` whatever the number of children."""
     running = [p for p in procs if p.poll() is None]
     for proc in running:
-        _signal_group(proc, signal.SIGTERM)
+        signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for proc in running:
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
             proc.wait()
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Children run in sessions of their own (see spawn): signal the whole group, so what
-    they started themselves stops too."""
+    they started themselves stops too, even after the child itself has gone."""
+    try:
+        leads_its_group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        leads_its_group = proc.poll() is not None  # gone: its group may outlive it
     with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(proc.pid) == proc.pid:
+        if leads_its_group:
             os.killpg(proc.pid, sig)
         else:
             proc.send_signal(sig)
@@ -204,14 +208,20 @@ def oslira_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", *args]
 
 
-def stop_postgres(pgdata: Path, timeout: float = 10.0) -> None:
+def stop_postgres(pgdata: Path, timeout: float = 4.0) -> None:
     """Stops the server running on `pgdata` with PostgreSQL's fast shutdown, whoever
     started it: a server restarted by hand has another pid than the one pgserver knew."""
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, signal.SIGINT)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ValueError, IndexError):
         return  # not running
+    if str(pgdata) not in command:
+        return  # a stale pid file: that pid is someone else's now
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
     deadline = time.monotonic() + timeout
     while _alive(pid):
         if time.monotonic() > deadline:

@@ -1,9 +1,11 @@
 """Keeps `oslira dev`'s children running: one that dies is started again, after a pause that
-grows while it keeps dying, with a line in the log each time; stopping stops them all."""
+grows while it keeps dying (1, 2, 4 ... 30 s), with a line in the log each time; stopping
+stops them all."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -51,7 +53,7 @@ class Supervisor:
             if child.restart_at is None:
                 if now - child.started_at >= HEALTHY_AFTER:
                     child.failures = 0
-                pause = min(MAX_PAUSE, 2.0**child.failures - 1)
+                pause = min(MAX_PAUSE, 2.0**child.failures)
                 child.failures += 1
                 child.restart_at = now + pause
                 log.warning(
@@ -63,6 +65,8 @@ class Supervisor:
                     child.log_file,
                 )
             if now >= child.restart_at:
+                # What the dead child started (uvicorn's worker processes) goes with it.
+                stack.signal_group(child.proc, signal.SIGKILL)
                 child.proc = stack.spawn(child.command, child.env, child.log_file)
                 child.started_at, child.restart_at = now, None
                 log.info("%s restarted (pid %d)", child.name, child.proc.pid)
@@ -70,5 +74,5 @@ class Supervisor:
     def stop(self, last: tuple[str, ...] = ()) -> None:
         """Stops every child, those named in `last` after the others: well within 15 s."""
         first = [c.proc for c in self.children if c.name not in last]
-        stack.stop_all(first, timeout=9)
-        stack.stop_all([c.proc for c in self.children if c.name in last], timeout=3)
+        stack.stop_all(first, timeout=8)
+        stack.stop_all([c.proc for c in self.children if c.name in last], timeout=2)

@@ -73,15 +73,26 @@ def provider_unavailable(provider: str, message: str, attempt: int) -> Applicati
     )
 
 
-def internal_error(message: str) -> ApplicationError:
+def internal_error(message: str, **details: Any) -> ApplicationError:
     """Our own bug: the run fails (and is refunded) rather than retrying forever."""
     return ApplicationError(
-        message, type=_CODE_TO_TYPE[ErrorCode.internal_error], non_retryable=True
+        message, details, type=_CODE_TO_TYPE[ErrorCode.internal_error], non_retryable=True
     )
 
 
 def code_for_type(error_type: str | None) -> ErrorCode:
     return _TYPE_TO_CODE.get(error_type or "", ErrorCode.internal_error)
+
+
+def type_for(code: ErrorCode) -> str:
+    """The failure type a code is raised as, by activities and by the workflow alike."""
+    return _CODE_TO_TYPE[code]
+
+
+def details_of(error: ApplicationError) -> dict[str, Any]:
+    """What an activity said with its failure: the provider, the attempt."""
+    first = error.details[0] if error.details else None
+    return first if isinstance(first, dict) else {}
 
 
 def user_message(code: ErrorCode, *, username: str, details: dict[str, Any], raw: str) -> str:

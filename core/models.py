@@ -6,7 +6,7 @@ breaking the histories of runs in flight. New fields need defaults.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
@@ -90,6 +90,19 @@ class CostBreakdown(BaseModel):
 # --- workflow -------------------------------------------------------------------------
 
 
+class ProviderBudget(BaseModel):
+    """How many failures of its provider a step bears (each AI call counts its own), and
+    the pauses between tries: the first, doubling up to the longest."""
+
+    attempts: int = Field(default=8, ge=1)
+    first_pause_seconds: float = Field(default=1.0, ge=0)
+    max_pause_seconds: float = Field(default=30.0, ge=0)
+
+    def pause(self, failures: int) -> timedelta:
+        seconds = min(self.first_pause_seconds * 2 ** (failures - 1), self.max_pause_seconds)
+        return timedelta(seconds=seconds)
+
+
 class AnalysisInput(BaseModel):
     run_id: UUID
     account_id: UUID
@@ -102,6 +115,8 @@ class AnalysisInput(BaseModel):
     scrape_task_queue: str | None = None
     # When the API accepted the run (steps 1-4); None: when the workflow started.
     accepted_at: datetime | None = None
+    # Fixed when the run starts, like its cost.
+    provider_budget: ProviderBudget = Field(default_factory=ProviderBudget)
 
 
 class AnalysisOutcome(BaseModel):

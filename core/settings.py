@@ -111,13 +111,15 @@ class Settings(BaseSettings):
     apify_token: SecretStr | None = None
     apify_base_url: str = "https://api.apify.com"
     apify_actor: str = "apify~instagram-profile-scraper"
-    apify_timeout_seconds: float = 320.0
+    # A whole call; under the scrape activity's 330 s, so the call fails before the activity.
+    apify_timeout_seconds: float = Field(default=320.0, gt=0, le=320)
     apify_usd_per_profile: float = 0.0023
 
     # OpenAI
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
-    openai_timeout_seconds: float = 120.0
+    # A whole call; under the AI activity's 150 s.
+    openai_timeout_seconds: float = Field(default=120.0, gt=0, le=140)
     model_light: str = "gpt-5-nano"
     model_deep: str = "gpt-5-mini"
     model_xray: str = "gpt-5"
@@ -131,15 +133,23 @@ class Settings(BaseSettings):
     cache_ttl_hours_deep: float = 12
     cache_ttl_hours_xray: float = 6
 
+    # The provider budget of each scrape and each AI call (README: "How an analysis runs").
+    provider_attempts: int = Field(default=8, ge=1)
+    provider_first_pause_seconds: float = Field(default=1.0, ge=0)
+    provider_max_pause_seconds: float = Field(default=30.0, ge=0)
+
     # How long the progress endpoint waits for a workflow query before it answers from the
     # database, and how long it then skips queries after one timed out (no worker running).
     progress_query_timeout_seconds: float = 0.5
-    progress_query_backoff_seconds: float = 10.0
+    progress_query_backoff_seconds: float = 2.0
     # The longest the API waits for Temporal to start or cancel a workflow (a busy server is
     # slow) before it answers 503 (a start) or relies on the run's cancel flag (a cancel);
     # and how long it keeps retrying a server it cannot reach (a server that is down).
     temporal_call_timeout_seconds: float = 10.0
     temporal_unreachable_after_seconds: float = 1.5
+    # How long the API then treats the server as down: starts answer 503, progress reads
+    # the database, without trying.
+    temporal_unreachable_backoff_seconds: float = 10.0
     # The longest the API waits for a database connection before it answers 503.
     db_connect_timeout_seconds: float = 2.0
 

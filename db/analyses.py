@@ -152,7 +152,7 @@ async def request_cancel(conn: Connection, run_id: UUID) -> asyncpg.Record | Non
     """Flags an in-flight run as cancelled by its owner; the commit step honours the flag.
 
     Returns the row as it is after the update, or None when the run does not exist. The
-    row lock makes this and the commit step (db.analyses.lock_for_commit) mutually
+    row lock makes this and the commit step (which locks the row with `lock`) mutually
     exclusive: one of the two wins, never both.
     """
     row = await conn.fetchrow(
@@ -165,27 +165,26 @@ async def request_cancel(conn: Connection, run_id: UUID) -> asyncpg.Record | Non
     return row if row is not None else await get(conn, run_id)
 
 
-async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: str) -> None:
-    """Starting the workflow failed, or may have failed (a lost answer).
+async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: str) -> bool:
+    """Starting the workflow failed, or may have failed (a lost answer): a run still pending
+    is failed, flagged (so a workflow that did start refuses to charge it) and gives its
+    idempotency key back, so the client can retry with the same key.
 
-    A run still pending is failed here and gives its idempotency key back, so the client can
-    retry with the same key. The cancel flag is set in every case: if the workflow did start,
-    its charge step refuses, or, if it already charged, its commit step refuses and it refunds.
+    False when the run is no longer pending: its workflow did start and charged it, and the
+    run goes on.
     """
-    await conn.execute(
-        f"""UPDATE analyses
-            SET cancel_requested_at = coalesce(cancel_requested_at, now()),
-                status = CASE WHEN status = 'pending' THEN 'failed' ELSE status END,
-                error_code = CASE WHEN status = 'pending' THEN $2 ELSE error_code END,
-                error_message = CASE WHEN status = 'pending' THEN $3 ELSE error_message END,
-                finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
-                idempotency_key = CASE WHEN status = 'pending' THEN NULL ELSE idempotency_key END,
-                updated_at = now()
-            WHERE id = $1 AND {IN_FLIGHT_SQL}""",
+    failed = await conn.fetchval(
+        """UPDATE analyses
+           SET cancel_requested_at = coalesce(cancel_requested_at, now()), status = 'failed',
+               error_code = $2, error_message = $3, finished_at = now(),
+               idempotency_key = NULL, updated_at = now()
+           WHERE id = $1 AND status = 'pending'
+           RETURNING true""",
         run_id,
         code,
         message,
     )
+    return bool(failed)
 
 
 async def cancel_unstarted(conn: Connection, run_id: UUID) -> bool:

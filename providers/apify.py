@@ -41,7 +41,10 @@ class ApifyScraper:
         item = _item_for(items, username)
         if item is None:
             raise ProfileNotFound(APIFY, f"@{username} does not exist")
-        profile = parse_profile(item)
+        try:
+            profile = parse_profile(item)
+        except (ValueError, TypeError, KeyError) as exc:  # pydantic's errors are ValueErrors
+            raise ProviderRejected(APIFY, f"Apify answered an item we cannot read: {exc}") from exc
         if profile.is_private:
             raise ProfilePrivate(APIFY, f"@{username} is private")
         return profile

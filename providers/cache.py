@@ -14,6 +14,7 @@ import asyncpg
 
 from core.models import Profile
 from db import profile_cache as sql
+from db.pool import connection
 
 
 def cache_key(username: str) -> str:
@@ -33,7 +34,7 @@ class PostgresProfileCache:
         self._pool = pool
 
     async def get(self, username: str) -> tuple[Profile, datetime] | None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             found = await sql.get(conn, cache_key(username))
         if found is None:
             return None
@@ -43,5 +44,5 @@ class PostgresProfileCache:
     async def put(self, profile: Profile) -> None:
         data = profile.model_dump(mode="json")
         size = len(json.dumps(data, separators=(",", ":")).encode())
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             await sql.put(conn, cache_key(profile.username), data, size)

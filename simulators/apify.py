@@ -3,7 +3,8 @@
 Profiles are made up but deterministic: the same username always gives the same profile.
 Usernames that start with these words behave as their name says, so anyone can demo
 failures: `notfound` (no such profile), `private` (a private profile), `flaky` (503 twice,
-then success), `slow` (takes 10 s).
+then success), `slow` (takes 10 s; `slowai` is the OpenAI simulator's, not this one's),
+`down` (always 503: a provider that stays down).
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ class ApifySimulator:
         self.calls.update(usernames)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
+        if any(u.startswith("down") for u in usernames):
+            return JSONResponse({"error": {"type": "platform-down"}}, status_code=503)
         for username in usernames:
             if username.startswith("flaky") and self._failures[username] < FLAKY_FAILURES:
                 self._failures[username] += 1
                 return JSONResponse({"error": {"type": "platform-busy"}}, status_code=503)
-        if any(u.startswith("slow") for u in usernames):
+        if any(u.startswith("slow") and not u.startswith("slowai") for u in usernames):
             await asyncio.sleep(SLOW_SECONDS)
         return [item for u in usernames if (item := profile_item(u)) is not None]
 

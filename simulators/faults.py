@@ -2,8 +2,9 @@
 mid-answer, or left hanging.
 
 Deterministic for a given seed: whether a call fails, and how, depends on the seed, the
-endpoint, what was asked (the usernames of an Apify run, the whole OpenAI request) and how
-many times it was asked before, never on the order concurrent calls arrive in. Settings:
+endpoint, what was asked (the usernames of an Apify run; the model, the profile's username
+and the answer's schema of an OpenAI request) and how many times it was asked before, never
+on the order in which different calls arrive. Settings:
 `SIM_FAULT_503`, `SIM_FAULT_DROP`, `SIM_FAULT_HANG` (shares, 0 to 1), `SIM_FAULT_SEED`,
 `SIM_HANG_SECONDS` (default 600: longer than any client waits).
 """
@@ -14,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -121,7 +123,13 @@ def _what_was_asked(path: str, body: bytes) -> str:
         except (ValueError, AttributeError):
             usernames = []
         return f"apify:{','.join(sorted(str(u).lower() for u in usernames))}"
-    return f"openai:{hashlib.sha256(body).hexdigest()}"
+    try:
+        request = json.loads(body)
+        schema = request["text"]["format"]["name"]
+        username = re.search(r'"username":\s*"([^"]+)"', json.dumps(request["input"]))
+        return f"openai:{request['model']}:{schema}:{username.group(1) if username else ''}"
+    except (ValueError, KeyError, TypeError):
+        return f"openai:{hashlib.sha256(body).hexdigest()}"
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -27,6 +27,7 @@ from core.settings import Settings
 from db import credits
 from db.accounts import create_with_owner
 from db.migrate import migrate
+from db.pool import create_pool
 
 JWT_SECRET = secrets.token_urlsafe(32)
 
@@ -103,8 +104,7 @@ async def temporal_client(settings: Settings) -> Client:
 @pytest.fixture(scope="session")
 async def system_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A worker-role (system) pool for arranging and checking data."""
-    pool = await asyncpg.create_pool(settings.worker_dsn, min_size=1, max_size=5)
-    assert pool is not None
+    pool = await create_pool(settings.worker_dsn, min_size=1, max_size=5)
     yield pool
     await pool.close()
 

@@ -22,7 +22,7 @@ from tests.helpers import (
     step,
     wait_for,
 )
-from workflows.analysis import AnalysisWorkflow
+from workflows.analysis import AnalysisWorkflow, start_options
 
 
 @pytest.mark.parametrize(
@@ -56,18 +56,16 @@ async def _start_directly(system_pool, temporal_client, settings, account, usern
     """A run whose request row exists but that the API did not vet (a race the workflow
     itself must handle)."""
     run_id = await insert_run(system_pool, account, username, cost)
+    run = AnalysisInput(
+        run_id=run_id,
+        account_id=account.account_id,
+        business_profile_id=account.business_profile_id,
+        username=username,
+        tier=Tier.light,
+        credits_cost=cost,
+    )
     await temporal_client.start_workflow(
-        AnalysisWorkflow.run,
-        AnalysisInput(
-            run_id=run_id,
-            account_id=account.account_id,
-            business_profile_id=account.business_profile_id,
-            username=username,
-            tier=Tier.light,
-            credits_cost=cost,
-        ),
-        id=workflow_id(run_id),
-        task_queue=settings.task_queue,
+        AnalysisWorkflow.run, run, **start_options(run, settings.task_queue)
     )
     return run_id
 

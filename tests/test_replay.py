@@ -2,9 +2,10 @@
 already in flight (a non-deterministic change) fails here, before it reaches a worker.
 
 The histories in tests/histories/ were recorded from the suite's own runs: each tier
-complete, a cache hit, provider failures retried and past a fault storm, a worker lost
-mid-call, a commit held up by a database outage, failures before and after the charge, a
-compensation retried, cancellations mid-scrape, by an operator and at the commit point.
+complete, a cache hit, provider failures retried, a fault storm, a provider down past its
+budget, a worker lost mid-call, a commit held up by a database outage, failures before and
+after the charge, a compensation retried, cancellations mid-scrape, by an operator and at
+the commit point.
 Record them again (`OSLIRA_RECORD_HISTORIES=1 make test`) only when no run of the old
 code can still be in flight; otherwise guard the change with `workflow.patched`.
 """
@@ -36,6 +37,7 @@ def test_the_recorded_histories_cover_every_path():
         "failed_profile_not_found",
         "failed_profile_private",
         "failed_insufficient_credits",
+        "failed_provider_unavailable",
         "compensation_retried",
         "cancelled_mid_scrape",
         "cancelled_by_operator",

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 from pgserver import get_server
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 
 import worker as worker_module
 from cli import stack
@@ -35,8 +35,8 @@ from tests.helpers import ledger_for_run, process_env, record_history, start_ok,
 @pytest.fixture(scope="module")
 def faulty_simulator() -> Iterator[str]:
     """The simulators with 30% of provider calls failing: 15% 503s, 10% dropped
-    connections, 5% hung (longer than the clients wait). Fixed seed: the same faults every
-    run of the suite."""
+    connections, 5% hung (longer than the clients wait). With the fixed seed and fixed
+    usernames, every run of the suite meets the same faults."""
     port = stack.free_port()
     with tempfile.TemporaryDirectory() as home:
         proc = stack.spawn(
@@ -75,8 +75,7 @@ async def test_with_30_percent_of_provider_calls_failing_49_of_50_runs_complete(
     try:
         async with app_client(settings) as api:
             account = await new_account(credits_granted=150)
-            tag = uuid4().hex[:6]
-            runs = [await start_ok(api, account, f"fault_{i}_{tag}", "deep") for i in range(50)]
+            runs = [await start_ok(api, account, f"fault_{i}", "deep") for i in range(50)]
             finals = await asyncio.gather(*(wait_for(api, account, r, timeout=240) for r in runs))
     finally:
         stop.set()
@@ -95,6 +94,54 @@ async def test_with_30_percent_of_provider_calls_failing_49_of_50_runs_complete(
         else:  # a provider that failed past its budget: refunded once, said in plain words
             assert final["error"]["code"] == "provider_unavailable", final
             assert charges == [("charge", -3), ("refund", 3)]
+
+
+async def test_a_provider_down_past_its_budget_fails_the_run_refunded_in_plain_words(
+    servers, new_account, system_pool, temporal_client
+):
+    # A small budget, so the test is quick: 3 tries, 0.1 s then 0.2 s apart.
+    settings = make_settings(servers, provider_attempts=3, provider_first_pause_seconds=0.1)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(worker_module.run(settings, stop))
+    try:
+        async with app_client(settings) as api:
+            account = await new_account(credits_granted=3)
+            run_id = await start_ok(api, account, f"down_{uuid4().hex[:8]}", "deep")
+            final = await wait_for(api, account, run_id, timeout=60)
+    finally:
+        stop.set()
+        await worker
+
+    assert final["status"] == "failed"
+    assert final["error"] == {
+        "code": "provider_unavailable",
+        "message": "Apify kept failing (3 attempts). Try again in a few minutes.",
+    }
+    assert step(final, "scrape_profile") | {"started_at": None, "finished_at": None} == {
+        "name": "scrape_profile",
+        "status": "failed",
+        "started_at": None,
+        "finished_at": None,
+        "attempt": 3,
+    }
+    assert await ledger_for_run(system_pool, run_id) == [("charge", -3), ("refund", 3)]
+    assert _scheduled(await _history(temporal_client, run_id), "scrape_profile") == 3
+    await record_history(temporal_client, run_id, "failed_provider_unavailable")
+
+
+async def _history(temporal_client, run_id: str):
+    return await temporal_client.get_workflow_handle(workflow_id(run_id)).fetch_history()
+
+
+def _scheduled(history, activity: str) -> int:
+    """How many times the workflow scheduled `activity` (Temporal's own retries of one
+    scheduled activity, after a lost worker, are not new schedules)."""
+    return sum(
+        1
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == activity
+    )
 
 
 # --- lost workers ---------------------------------------------------------------------------
@@ -144,6 +191,8 @@ async def test_a_worker_killed_twice_during_one_ai_call_still_completes(
 
     assert final["status"] == "complete", final
     assert step(final, "analyze_profile")["attempt"] == 3  # every try counted
+    # Retried by Temporal within one scheduled activity: the provider budget was not spent.
+    assert _scheduled(await _history(temporal_client, run_id), "analyze_profile") == 1
     assert await ledger_for_run(system_pool, run_id) == [("charge", -1)]
     await record_history(temporal_client, run_id, "worker_lost_during_ai")
 

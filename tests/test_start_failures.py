@@ -23,7 +23,7 @@ async def test_unstartable_run_answers_503_charges_nothing_and_frees_its_key(
 ):
     account = await new_account(credits_granted=3)
     key = {"Idempotency-Key": uuid4().hex}
-    username = f"down_{uuid4().hex[:8]}"
+    username = f"unstartable_{uuid4().hex[:8]}"
 
     refused = await start(temporal_down, account, username, "light", headers=key)
     assert refused.status_code == 503, refused.text

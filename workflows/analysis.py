@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -56,7 +55,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.credits import CreditActivities
     from activities.results import ResultActivities
     from activities.scrape import ScrapeActivities
-    from core.errors import PROVIDER_UNAVAILABLE, ErrorCode, code_for_type, user_message
+    from core.errors import (
+        PROVIDER_UNAVAILABLE,
+        ErrorCode,
+        code_for_type,
+        details_of,
+        type_for,
+        user_message,
+    )
     from core.models import (
         AIInput,
         AIOutput,
@@ -68,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         CostBreakdown,
         FinishInput,
         Profile,
+        ProviderBudget,
         SaveResultInput,
         ScrapeInput,
     )
@@ -106,23 +113,6 @@ LOST_WORKER_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 
-
-@dataclass(frozen=True)
-class ProviderBudget:
-    """How many failures of its provider a step bears, and the pauses between tries."""
-
-    attempts: int
-    first_pause: timedelta
-    max_pause: timedelta
-
-    def pause(self, failures: int) -> timedelta:
-        return min(self.first_pause * 2 ** (failures - 1), self.max_pause)
-
-
-# Eight tries over about 90 s: with 30% of calls failing, a deep run (three calls) still
-# completes 99.98% of the time, and a provider's bad minute is waited out.
-SCRAPE_BUDGET = ProviderBudget(8, timedelta(seconds=1), timedelta(seconds=30))
-AI_BUDGET = ProviderBudget(8, timedelta(seconds=1), timedelta(seconds=30))
 
 DB_TIMEOUT = timedelta(seconds=15)
 # Apify answers 408 to a synchronous run past 300 s; our client gives up at 320 s.
@@ -190,7 +180,7 @@ class AnalysisWorkflow:
             await self._give_up(status, error)
             if self._tracker.status is not RunStatus.failed:
                 return self._outcome()
-            raise ApplicationError(error.message, type=code.value, non_retryable=True) from exc
+            raise ApplicationError(error.message, type=type_for(code), non_retryable=True) from exc
 
     async def _analyse(self, input: AnalysisInput) -> AnalysisOutcome:
         self._begin(Step.deduct_credits)
@@ -262,7 +252,7 @@ class AnalysisWorkflow:
             if is_cancelled_exception(exc):
                 raise
             workflow.logger.warning("cache check failed, scraping instead: %s", exc)
-            self._tracker.failed(Step.check_cache, self._stopped_now(Step.check_cache))
+            self._tracker.failed(Step.check_cache, self._stopped_now(Step.check_cache, exc))
             return None
         self._tracker.done(Step.check_cache, found.done)
         return found.profile
@@ -286,7 +276,7 @@ class AnalysisWorkflow:
                 summary=f"step 7: scrape @{input.username} (try {attempts_before + 1})",
             )
 
-        scraped = await self._within_budget(Step.scrape_profile, SCRAPE_BUDGET, scrape)
+        scraped = await self._within_budget(Step.scrape_profile, input.provider_budget, scrape)
         self._tracker.done(Step.scrape_profile, scraped.done)
         if scraped.stored:
             self._tracker.done(Step.store_in_cache, scraped.store)
@@ -325,7 +315,9 @@ class AnalysisWorkflow:
             return call
 
         calls = [
-            asyncio.ensure_future(self._within_budget(Step.analyze_profile, AI_BUDGET, ask(part)))
+            asyncio.ensure_future(
+                self._within_budget(Step.analyze_profile, input.provider_budget, ask(part))
+            )
             for part in TIER_PARTS[input.tier]
         ]
         try:
@@ -361,14 +353,13 @@ class AnalysisWorkflow:
                 return await call(attempts_before)
             except ActivityError as exc:
                 failure = exc.cause
-                if not (
-                    isinstance(failure, ApplicationError)
-                    and failure.type == PROVIDER_UNAVAILABLE
-                    and failures < budget.attempts
-                ):
+                if not isinstance(failure, ApplicationError):
                     raise
-                attempts_before = int(_details(failure).get("attempt", attempts_before + 1))
-                self._tracker.retrying(step, attempts_before + 1)
+                # The try that failed, lost workers' retries included.
+                attempts_before = int(details_of(failure).get("attempt", attempts_before + 1))
+                self._tracker.retrying(step, attempts_before)
+                if failure.type != PROVIDER_UNAVAILABLE or failures == budget.attempts:
+                    raise
                 await workflow.sleep(budget.pause(failures))
         raise AssertionError("unreachable: the last failure is raised")
 
@@ -422,7 +413,7 @@ class AnalysisWorkflow:
         cause = exc.cause if isinstance(exc, ActivityError) else exc
         details: dict[str, Any] = {}
         if isinstance(cause, ApplicationError):
-            code, details = code_for_type(cause.type), _details(cause)
+            code, details = code_for_type(cause.type), details_of(cause)
         elif isinstance(cause, CancelledError):
             code = ErrorCode.run_cancelled
         else:
@@ -442,12 +433,15 @@ class AnalysisWorkflow:
             f"**{document.status}** — step {step.number}/12 `{step}` ({document.progress}%)"
         )
 
-    def _stopped_now(self, step: Step) -> StepDone:
+    def _stopped_now(self, step: Step, failure: FailureError) -> StepDone:
+        """A step that failed in the workflow's sight: the attempt its last error reported."""
         record = self._tracker.step(step)
+        cause = failure.cause if isinstance(failure, ActivityError) else failure
+        reported = details_of(cause).get("attempt") if isinstance(cause, ApplicationError) else None
         return StepDone(
             started_at=record.started_at or workflow.now(),
             finished_at=workflow.now(),
-            attempt=max(record.attempt, 1),
+            attempt=int(reported or max(record.attempt, 1)),
         )
 
     def _status_changed(self) -> None:
@@ -464,11 +458,6 @@ class AnalysisWorkflow:
             lead_id=self._lead_id,
             error=document.error,
         )
-
-
-def _details(error: ApplicationError) -> dict[str, Any]:
-    first = error.details[0] if error.details else None
-    return first if isinstance(first, dict) else {}
 
 
 async def _shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
