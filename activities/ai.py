@@ -6,12 +6,20 @@ import asyncio
 
 from temporalio import activity
 
-from activities.common import attempt, done_since, expected, now, provider_call, step_activity
-from core.errors import ErrorCode, business_error, provider_unavailable
+from activities.common import (
+    attempt,
+    done_since,
+    expected,
+    now,
+    provider_call,
+    provider_failed,
+    step_activity,
+)
+from core.errors import ErrorCode, provider_unavailable
 from core.models import AIInput, AIOutput
 from core.settings import Settings
 from providers.ai import OPENAI, OpenAIAnalyzer
-from providers.errors import ProviderRejected, ProviderUnavailable
+from providers.errors import ProviderError
 
 
 class AIActivities:
@@ -35,14 +43,8 @@ class AIActivities:
             raise expected(
                 provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)
             ) from exc
-        except ProviderRejected as exc:
-            raise expected(
-                business_error(
-                    ErrorCode.ai_failed, exc.message, provider=exc.provider, attempt=tried
-                )
-            ) from exc
-        except ProviderUnavailable as exc:
-            raise expected(provider_unavailable(exc.provider, exc.message, tried)) from exc
+        except ProviderError as exc:
+            raise provider_failed(exc, ErrorCode.ai_failed, tried) from exc
         return AIOutput(
             done=done_since(started, input.attempts_before),
             part=input.part,

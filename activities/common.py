@@ -13,9 +13,18 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from core.errors import DATABASE_UNAVAILABLE, PROVIDER_UNAVAILABLE, details_of, internal_error
+from core.errors import (
+    DATABASE_UNAVAILABLE,
+    PROVIDER_UNAVAILABLE,
+    ErrorCode,
+    business_error,
+    details_of,
+    internal_error,
+    provider_unavailable,
+)
 from core.progress import StepDone
 from db.errors import UNAVAILABLE
+from providers.errors import ProfileNotFound, ProfilePrivate, ProviderError, ProviderUnavailable
 
 HEARTBEAT_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
@@ -45,6 +54,20 @@ def expected(error: ApplicationError) -> ApplicationError:
     log = activity.logger.warning if error.type == PROVIDER_UNAVAILABLE else activity.logger.info
     log("%s: %s%s", error.type, error.message, tried)
     return error
+
+
+def provider_failed(error: ProviderError, rejected: ErrorCode, tried: int) -> ApplicationError:
+    """What a provider's error means for the step, logged in one line: an answer (no such
+    profile, a private one), a refusal (`rejected`: retrying cannot help), or a failure
+    that may pass (the workflow counts it against the step's budget)."""
+    if isinstance(error, ProviderUnavailable):
+        return expected(provider_unavailable(error.provider, error.message, tried))
+    code = {ProfileNotFound: ErrorCode.profile_not_found, ProfilePrivate: ErrorCode.profile_private}
+    return expected(
+        business_error(
+            code.get(type(error), rejected), error.message, provider=error.provider, attempt=tried
+        )
+    )
 
 
 def step_activity(body: Activity) -> Activity:

@@ -11,13 +11,21 @@ import asyncio
 
 from temporalio import activity
 
-from activities.common import attempt, done_since, expected, now, provider_call, step_activity
-from core.errors import ErrorCode, business_error, provider_unavailable
+from activities.common import (
+    attempt,
+    done_since,
+    expected,
+    now,
+    provider_call,
+    provider_failed,
+    step_activity,
+)
+from core.errors import ErrorCode, provider_unavailable
 from core.models import Profile, ScrapeInput, ScrapeOutput
 from core.settings import Settings
 from providers.apify import APIFY, ApifyScraper
 from providers.cache import ProfileCache
-from providers.errors import ProfileNotFound, ProfilePrivate, ProviderRejected, ProviderUnavailable
+from providers.errors import ProviderError
 
 STORE_WITHIN = 2.0  # seconds
 
@@ -54,22 +62,8 @@ class ScrapeActivities:
             raise expected(
                 provider_unavailable(APIFY, "Apify took too long to answer", tried)
             ) from exc
-        except ProfileNotFound as exc:
-            raise expected(
-                business_error(ErrorCode.profile_not_found, exc.message, provider=exc.provider)
-            ) from exc
-        except ProfilePrivate as exc:
-            raise expected(
-                business_error(ErrorCode.profile_private, exc.message, provider=exc.provider)
-            ) from exc
-        except ProviderRejected as exc:
-            raise expected(
-                business_error(
-                    ErrorCode.scrape_failed, exc.message, provider=exc.provider, attempt=tried
-                )
-            ) from exc
-        except ProviderUnavailable as exc:
-            raise expected(provider_unavailable(exc.provider, exc.message, tried)) from exc
+        except ProviderError as exc:
+            raise provider_failed(exc, ErrorCode.scrape_failed, tried) from exc
 
     async def _store(self, profile: Profile) -> bool:
         """Step 8, best-effort and brief: a paid scrape never waits on the cache."""
