@@ -20,12 +20,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from api.errors import Forbidden, Invalid, Unauthorized
-from core.auth import InvalidToken, verify_token
+from core.auth import InvalidToken, Principal, verify_token
 from core.settings import Settings
 from db import accounts
 from db.pool import Connection, connection
 
-_bearer = HTTPBearer(auto_error=False, description="A JWT (HS256) whose `sub` is the user id")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT (HS256) whose `sub` is the user id, or an account's API key (`osk_...`)",
+)
 
 
 def get_settings(request: Request) -> Settings:
@@ -76,25 +79,26 @@ Temporal = Annotated[Client, Depends(get_temporal)]
 TemporalState = Annotated[TemporalHealth, Depends(get_temporal_health)]
 
 
-def current_user_id(
+def current_caller(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> UUID:
-    """The user the request gate authenticated (it refuses /api requests without a valid
-    token before their body is read); verified here for routes outside the gate."""
-    user_id: UUID | None = getattr(request.state, "user_id", None)
-    if user_id is not None:
-        return user_id
+) -> Principal:
+    """Who calls, as the request gate found it (it refuses /api requests without a valid
+    JWT or API key before their body is read); a JWT is verified here for routes outside
+    the gate."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
     if credentials is None:
         raise Unauthorized("A bearer token is required.")
     try:
-        return verify_token(settings, credentials.credentials)
+        return Principal(user_id=verify_token(settings, credentials.credentials))
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from exc
 
 
-CurrentUser = Annotated[UUID, Depends(current_user_id)]
+Caller = Annotated[Principal, Depends(current_caller)]
 
 
 @dataclass
@@ -105,10 +109,18 @@ class TenantScope:
     Temporal: a request waiting on Temporal holds none of the pool.
     """
 
-    user_id: UUID
+    user_id: UUID | None  # None for an API key: it acts for its account, not a person
     account_id: UUID
     role: str
     pool: asyncpg.Pool
+    api_key_id: UUID | None = None
+
+    def require_manager(self) -> None:
+        """Managing the account (API keys, billing) takes an owner or admin, signed in."""
+        if self.api_key_id is not None:
+            raise Forbidden("An API key cannot do this: sign in as an owner or admin.")
+        if self.role not in ("owner", "admin"):
+            raise Forbidden("Only an owner or admin of the account can do this.")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -118,17 +130,17 @@ class TenantScope:
             yield conn
 
 
-async def _set_tenant(conn: Connection, user_id: UUID, account_id: UUID | None) -> None:
+async def _set_tenant(conn: Connection, user_id: UUID | None, account_id: UUID | None) -> None:
     await conn.execute(
         "SELECT set_config('app.user_id', $1, true), set_config('app.account_id', $2, true)",
-        str(user_id),
+        str(user_id) if user_id else "",
         str(account_id) if account_id else "",
     )
 
 
 async def tenant(
     request: Request,
-    user_id: CurrentUser,
+    caller: Caller,
     x_account_id: Annotated[
         UUID | None,
         Header(
@@ -138,6 +150,18 @@ async def tenant(
     ] = None,
 ) -> TenantScope:
     pool: asyncpg.Pool = request.app.state.pool
+    if caller.account_id is not None:  # an API key: its account, nothing else
+        if x_account_id not in (None, caller.account_id):
+            raise Forbidden("This API key acts for another account.", field="X-Account-Id")
+        return TenantScope(
+            user_id=None,
+            account_id=caller.account_id,
+            role="member",
+            pool=pool,
+            api_key_id=caller.api_key_id,
+        )
+    user_id = caller.user_id
+    assert user_id is not None
     async with connection(pool) as conn, conn.transaction():
         await _set_tenant(conn, user_id, None)
         members = await accounts.memberships(conn)

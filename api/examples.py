@@ -182,3 +182,16 @@ HEALTH: dict[str, Any] = {
 }
 
 LIVENESS: dict[str, Any] = {"status": "ok", "version": "0.1.0"}
+
+API_KEY_ID = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98"
+API_KEY: dict[str, Any] = {
+    "id": API_KEY_ID,
+    "name": "nightly batch",
+    "prefix": "osk_Xq3vR8mK",
+    "created_at": CREATED,
+    "last_used_at": None,
+    "revoked_at": None,
+}
+API_KEY_CREATED: dict[str, Any] = API_KEY | {
+    "key": "osk_Xq3vR8mKp2LwN5tYc7Hj0bFd9sGz4aVe1uQiOoXrWk"
+}

@@ -15,8 +15,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
-from core.auth import InvalidToken, verify_token
+from core.auth import InvalidToken, Principal, is_api_key, verify_token
 from core.settings import Settings
+from db import api_keys
+from db.errors import UNAVAILABLE
+from db.pool import connection
 
 access_log = logging.getLogger("oslira.access")
 
@@ -65,8 +68,8 @@ class RequestGateMiddleware:
     /api, when it carries no valid bearer token (401).
 
     A declared Content-Length over the limit is answered at once; a body sent without one
-    (chunked) is counted as the app reads it and cut off at the limit. The authenticated
-    user id is left in the request state for the `CurrentUser` dependency.
+    (chunked) is counted as the app reads it and cut off at the limit. Who called (a user's
+    JWT, or an account's API key) is left in the request state for the `Caller` dependency.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -99,7 +102,7 @@ class RequestGateMiddleware:
 
         if scope["path"].startswith("/api/"):
             try:
-                user_id = verify_token(self.settings, _bearer_token(headers))
+                principal = await self._authenticate(scope, _bearer_token(headers))
             except InvalidToken as exc:
                 refusal = {"WWW-Authenticate": "Bearer"}
                 if "transfer-encoding" in headers or declared not in (None, "0"):
@@ -107,7 +110,17 @@ class RequestGateMiddleware:
                 response = error_response(request_id, 401, "unauthorized", str(exc), refusal)
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["user_id"] = user_id
+            except UNAVAILABLE:
+                response = error_response(
+                    request_id,
+                    503,
+                    "service_unavailable",
+                    "The database is unavailable; retry shortly.",
+                    {"Retry-After": "5"},
+                )
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})["principal"] = principal
 
         received = 0
 
@@ -122,6 +135,16 @@ class RequestGateMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+    async def _authenticate(self, scope: Scope, token: str) -> Principal:
+        if not is_api_key(token):
+            return Principal(user_id=verify_token(self.settings, token))
+        async with connection(scope["app"].state.pool) as conn:
+            found = await api_keys.account_of(conn, token)
+        if found is None:
+            raise InvalidToken("The API key is invalid or revoked.")
+        key_id, account_id = found
+        return Principal(api_key_id=key_id, account_id=account_id)
 
 
 def _bearer_token(headers: Headers) -> str:

@@ -181,8 +181,14 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
 
 
-# PostgreSQL text cannot hold NUL: the schema says so, and the validator below refuses it.
+# PostgreSQL text cannot hold NUL: the schema says so, and `no_nul` refuses it.
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class BusinessProfileIn(BaseModel):
@@ -196,12 +202,7 @@ class BusinessProfileIn(BaseModel):
     offering: str = Field(default="", max_length=4000, json_schema_extra=NO_NUL)
     target_audience: str = Field(default="", max_length=4000, json_schema_extra=NO_NUL)
 
-    @field_validator("name", "description", "offering", "target_audience")
-    @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+    _no_nul = field_validator("name", "description", "offering", "target_audience")(no_nul)
 
 
 class BusinessProfileOut(BaseModel):
@@ -235,3 +236,30 @@ class Liveness(BaseModel):
 
     status: str
     version: str
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "nightly batch"}]}
+    )
+
+    name: str = Field(min_length=1, max_length=100, json_schema_extra=NO_NUL)
+
+    _no_nul = field_validator("name")(no_nul)
+
+
+class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.API_KEY]})
+
+    id: UUID
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.API_KEY_CREATED]})
+
+    key: str = Field(description="Send as `Authorization: Bearer <key>`; shown this once only")

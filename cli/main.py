@@ -11,6 +11,7 @@ import typer
 
 from cli.operators import (
     accounts_app,
+    api_keys_app,
     credits_app,
     fail,
     settings_or_exit,
@@ -21,6 +22,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(credits_app, name="credits")
+app.add_typer(api_keys_app, name="api-keys")
 
 
 def _logging(verbose: bool = False) -> None:

@@ -24,6 +24,7 @@ T = TypeVar("T")
 accounts_app = typer.Typer(no_args_is_help=True, help="Create and list accounts.")
 tokens_app = typer.Typer(no_args_is_help=True, help="Issue bearer tokens.")
 credits_app = typer.Typer(no_args_is_help=True, help="Move credits by hand (adjustments).")
+api_keys_app = typer.Typer(no_args_is_help=True, help="API keys for scripts.")
 
 MAX_NAME = 200
 MAX_EMAIL = 254
@@ -245,5 +246,29 @@ def credits_grant(
             "idempotency_key": key,
             "applied": "now" if movement.new else "earlier, with the same key",
         }
+
+    _echo_json(run_with_system_connection(settings, work))
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+
+@api_keys_app.command("create")
+def api_keys_create(
+    account: Annotated[UUID, typer.Option(help="The account's id")],
+    name: Annotated[str, typer.Option(help="What the key is for (1-100 characters)")] = "script",
+) -> None:
+    """Create an API key for an account; print it as JSON (the key is shown this once)."""
+    from db import accounts, api_keys
+
+    name = _text(name, "--name", 100)
+    settings = settings_or_exit()
+
+    async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+        async with conn.transaction():
+            if not await accounts.account_exists(conn, account):
+                raise Refused(f"no account {account}")
+            row, key = await api_keys.create(conn, account_id=account, name=name, created_by=None)
+        return {"id": str(row["id"]), "account_id": str(account), "name": name, "key": key}
 
     _echo_json(run_with_system_connection(settings, work))

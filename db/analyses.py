@@ -62,7 +62,7 @@ async def insert_pending(
     *,
     account_id: UUID,
     business_profile_id: UUID,
-    requested_by: UUID,
+    requested_by: UUID | None,
     username: str,
     analysis_type: str,
     credits_cost: int,

@@ -421,6 +421,29 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
     ),
     ("leads", "update own", "UPDATE leads SET last_score = 100 WHERE id = {a_lead}", PRIVILEGE),
     ("leads", "delete own", "DELETE FROM leads WHERE id = {a_lead}", PRIVILEGE),
+    # api_keys: the tenant's own, created and revoked, never rewritten or deleted
+    ("api_keys", "read other", "SELECT count(*) FROM api_keys WHERE account_id = {b}", 0),
+    (
+        "api_keys",
+        "create own",
+        "INSERT INTO api_keys (account_id, name, prefix, key_hash) "
+        "VALUES ({a}, 'k', 'osk_x', 'h1')",
+        1,
+    ),
+    (
+        "api_keys",
+        "create for another account",
+        "INSERT INTO api_keys (account_id, name, prefix, key_hash) "
+        "VALUES ({b}, 'k', 'osk_x', 'h2')",
+        PRIVILEGE,
+    ),
+    (
+        "api_keys",
+        "swap a key's hash",
+        "UPDATE api_keys SET key_hash = 'h3' WHERE account_id = {a}",
+        PRIVILEGE,
+    ),
+    ("api_keys", "delete", "DELETE FROM api_keys WHERE account_id = {a}", PRIVILEGE),
     # profile_cache: workers only
     ("profile_cache", "read", "SELECT count(*) FROM profile_cache", PRIVILEGE),
     (
