@@ -24,11 +24,12 @@ from activities.compensation import CompensationActivities
 from activities.credits import CreditActivities
 from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
+from activities.slots import ProviderSlots
 from core import temporal
 from core.settings import Settings
 from db.pool import create_pool
-from providers.ai import OpenAIAnalyzer
-from providers.apify import ApifyScraper
+from providers.ai import OPENAI, OpenAIAnalyzer
+from providers.apify import APIFY, ApifyScraper
 from providers.cache import PostgresProfileCache
 from workflows.analysis import AnalysisWorkflow
 
@@ -63,12 +64,20 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         )
         stack.push_async_callback(ai_client.close)
 
+        slots = ProviderSlots(
+            pool,
+            settings.worker_dsn,
+            {APIFY: settings.apify_max_concurrency, OPENAI: settings.openai_max_concurrency},
+        )
+        await slots.start()
+        stack.push_async_callback(slots.close)
+
         credit = CreditActivities(pool)
         compensation = CompensationActivities(pool)
         profile_cache = PostgresProfileCache(pool)
         cache = CacheActivities(profile_cache, pool, settings)
-        scrape = ScrapeActivities(scraper, profile_cache, settings)
-        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), settings)
+        scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
+        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
 
         activities: list[Callable[..., Any]] = [

@@ -15,6 +15,7 @@ from activities.common import (
     provider_failed,
     step_activity,
 )
+from activities.slots import ProviderSlots
 from core.errors import ErrorCode, provider_unavailable
 from core.models import AIInput, AIOutput
 from core.settings import Settings
@@ -23,8 +24,9 @@ from providers.errors import ProviderError
 
 
 class AIActivities:
-    def __init__(self, analyzer: OpenAIAnalyzer, settings: Settings) -> None:
+    def __init__(self, analyzer: OpenAIAnalyzer, slots: ProviderSlots, settings: Settings) -> None:
         self._analyzer = analyzer
+        self._slots = slots
         self._settings = settings
 
     @activity.defn
@@ -35,10 +37,14 @@ class AIActivities:
         tried = attempt(input.attempts_before)
         try:
             # The whole call, not only each read: a provider that trickles counts as failing.
-            async with provider_call(), asyncio.timeout(self._settings.openai_timeout_seconds):
-                parsed, usage = await self._analyzer.analyze(
-                    input.part, self._settings.model_for(input.tier), input.business, input.profile
-                )
+            async with provider_call(), self._slots.hold(OPENAI, input.run_id):
+                async with asyncio.timeout(self._settings.openai_timeout_seconds):
+                    parsed, usage = await self._analyzer.analyze(
+                        input.part,
+                        self._settings.model_for(input.tier),
+                        input.business,
+                        input.profile,
+                    )
         except TimeoutError as exc:
             raise expected(
                 provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)

@@ -20,6 +20,7 @@ from activities.common import (
     provider_failed,
     step_activity,
 )
+from activities.slots import ProviderSlots
 from core.errors import ErrorCode, provider_unavailable
 from core.models import Profile, ScrapeInput, ScrapeOutput
 from core.settings import Settings
@@ -31,9 +32,16 @@ STORE_WITHIN = 2.0  # seconds
 
 
 class ScrapeActivities:
-    def __init__(self, scraper: ApifyScraper, cache: ProfileCache, settings: Settings) -> None:
+    def __init__(
+        self,
+        scraper: ApifyScraper,
+        cache: ProfileCache,
+        slots: ProviderSlots,
+        settings: Settings,
+    ) -> None:
         self._scraper = scraper
         self._cache = cache
+        self._slots = slots
         self._settings = settings
 
     @activity.defn
@@ -41,8 +49,9 @@ class ScrapeActivities:
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
         tried = attempt(input.attempts_before)
-        async with provider_call():  # heartbeats through the scrape and the cache write
-            profile = await self._scrape(input.username, tried)
+        async with provider_call():  # heartbeats while it waits for a slot, scrapes, stores
+            async with self._slots.hold(APIFY, input.run_id):
+                profile = await self._scrape(input.username, tried)
             scraped = done_since(started, input.attempts_before)
             stored = await self._store(profile)
         return ScrapeOutput(

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     # A whole call; under the scrape activity's 330 s, so the call fails before the activity.
     apify_timeout_seconds: float = Field(default=320.0, gt=0, le=320)
     apify_usd_per_profile: float = 0.0023
+    # At most this many calls to each provider in flight, across every worker process.
+    apify_max_concurrency: int = Field(default=10, ge=1)
+    openai_max_concurrency: int = Field(default=20, ge=1)
 
     # OpenAI
     openai_api_key: SecretStr | None = None

@@ -61,6 +61,24 @@ class ApifySimulator:
             status_code=201,
         )
         self.router.add_api_route("/_simulator/apify/calls/{username}", self.call_count)
+        self.router.add_api_route("/_simulator/apify/stats", self.stats)
+        self.router.add_api_route(
+            "/_simulator/apify/stats/reset", self.reset_stats, methods=["POST"]
+        )
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def stats(self) -> dict[str, int]:
+        """The most runs ever in flight at once: what proves a concurrency cap holds."""
+        return {
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "calls": sum(self.calls.values()),
+        }
+
+    async def reset_stats(self) -> dict[str, int]:
+        self.max_in_flight = self.in_flight
+        return await self.stats()
 
     async def call_count(self, username: str) -> dict[str, int]:
         """How many times the actor was asked for `username` (for demos and tests)."""
@@ -78,6 +96,14 @@ class ApifySimulator:
         if not usernames:
             raise HTTPException(400, "input.usernames is required")
         self.calls.update(usernames)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(usernames)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, usernames: list[str]) -> Any:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
         if any(u.startswith("down") for u in usernames):
