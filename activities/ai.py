@@ -37,7 +37,7 @@ class AIActivities:
         tried = attempt(input.attempts_before)
         try:
             # The whole call, not only each read: a provider that trickles counts as failing.
-            async with provider_call(), self._slots.hold(OPENAI, input.run_id):
+            async with provider_call(), self._slots.hold(OPENAI, input.run_id, input.turn):
                 async with asyncio.timeout(self._settings.openai_timeout_seconds):
                     parsed, usage = await self._analyzer.analyze(
                         input.part,

@@ -50,7 +50,7 @@ class ScrapeActivities:
         started = now()
         tried = attempt(input.attempts_before)
         async with provider_call():  # heartbeats while it waits for a slot, scrapes, stores
-            async with self._slots.hold(APIFY, input.run_id):
+            async with self._slots.hold(APIFY, input.run_id, input.turn):
                 profile = await self._scrape(input.username, tried)
             scraped = done_since(started, input.attempts_before)
             stored = await self._store(profile)

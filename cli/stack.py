@@ -28,11 +28,14 @@ DATABASE_NAME = "oslira"
 
 # Dev server tuning, measured on a 2-core machine (see README, "Performance"): eager
 # activity dispatch skips a poll round trip per activity, one partition per task queue
-# avoids forwarding between partitions, and WAL keeps SQLite commits cheap.
+# avoids forwarding between partitions (and lets fairness be exact), and WAL keeps SQLite
+# commits cheap.
 TEMPORAL_DYNAMIC_CONFIG = {
     "system.enableActivityEagerExecution": "true",
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",
+    # Priority and fairness keys order what waits in a task queue (accounts in turn).
+    "matching.enableFairness": "true",
 }
 TEMPORAL_SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal"}
 

@@ -117,6 +117,12 @@ class AnalysisInput(BaseModel):
     accepted_at: datetime | None = None
     # Fixed when the run starts, like its cost.
     provider_budget: ProviderBudget = Field(default_factory=ProviderBudget)
+    # The batch this run is an item of (DESIGN.md section 6); None: a single analysis.
+    batch_id: UUID | None = None
+
+    @property
+    def turn(self) -> Turn:
+        return Turn(account_id=self.account_id, batch_id=self.batch_id)
 
 
 class AnalysisOutcome(BaseModel):
@@ -156,9 +162,18 @@ class CacheLookupOutput(BaseModel):
     age_seconds: float | None = None
 
 
+class Turn(BaseModel):
+    """Whose provider call it is, for the fair order of provider slots (activities.slots):
+    accounts take turns, and an account's single analyses go before its batch items."""
+
+    account_id: UUID
+    batch_id: UUID | None = None
+
+
 class ScrapeInput(BaseModel):
     run_id: UUID
     username: str
+    turn: Turn | None = None  # None: scheduled by a version before turns (no account known)
     # Tries of earlier executions, ended by the provider's failures (the workflow's count).
     attempts_before: int = 0
 
@@ -178,6 +193,7 @@ AIPart = Literal["fit_light", "fit_deep", "outreach", "psychographics"]
 class AIInput(BaseModel):
     run_id: UUID
     part: AIPart
+    turn: Turn | None = None
     tier: Tier
     business: BusinessContext
     profile: Profile

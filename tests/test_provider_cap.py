@@ -9,16 +9,18 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
 import pytest
 
+import worker as worker_module
 from cli import stack
 from db import provider_slots
+from db.provider_slots import BATCH, INTERACTIVE, Waiter
 from providers.apify import APIFY
-from tests.conftest import app_client, make_settings
+from tests.conftest import Account, app_client, make_settings
 from tests.helpers import ledger_for_run, process_env, start_ok, wait_for
 
 
@@ -101,72 +103,178 @@ async def _a_worker_holding_a_slot(
     raise AssertionError("no worker ever held a slot")
 
 
-# --- the leases themselves ----------------------------------------------------------------
+async def test_another_accounts_analysis_goes_ahead_of_a_backlog_that_fills_the_cap(
+    servers, slow_apify, new_account, system_pool
+):
+    settings = make_settings(
+        servers,
+        apify_base_url=slow_apify,
+        openai_base_url=f"{slow_apify}/v1",
+        apify_max_concurrency=2,
+    )
+    busy, other = await new_account(credits_granted=30), await new_account()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(worker_module.run(settings, stop))
+    try:
+        async with app_client(settings) as api:
+            backlog = [await start_ok(api, busy, f"busy_{uuid4().hex[:10]}") for _ in range(24)]
+            await _until_waiting(system_pool, 10)
+            complete_at_start = await _complete(system_pool, busy)
+            mine = await start_ok(api, other, f"other_{uuid4().hex[:10]}")
+            final = await wait_for(api, other, mine, timeout=60)
+            complete_meanwhile = await _complete(system_pool, busy) - complete_at_start
+            finals = await asyncio.gather(*(wait_for(api, busy, r, timeout=60) for r in backlog))
+    finally:
+        stop.set()
+        await worker
+
+    assert final["status"] == "complete", final
+    # First come first served, it would wait for the ten or more calls queued before it; in
+    # turn, it takes the first slot that frees: the backlog finishes at most a few runs
+    # meanwhile (two slots, each freeing once while it waits and maybe once while it runs).
+    assert complete_meanwhile <= 5, complete_meanwhile
+    assert [f["status"] for f in finals] == ["complete"] * 24
+
+
+async def _complete(pool: asyncpg.Pool, account: Account) -> int:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM analyses WHERE account_id = $1 AND status = 'complete'",
+        account.account_id,
+    )
+    return count
+
+
+async def _until_waiting(pool: asyncpg.Pool, count: int) -> None:
+    async with pool.acquire() as conn:
+        for _ in range(400):
+            if await provider_slots.waiting(conn, APIFY) >= count:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"never {count} calls waiting for a slot")
+
+
+# --- the leases and their order ----------------------------------------------------------
 
 
 @pytest.fixture
 async def provider(system_pool) -> str:
-    name = f"test-{uuid4().hex[:8]}"  # a provider of its own: the real ones stay untouched
-    async with system_pool.acquire() as conn:
-        await provider_slots.ensure(conn, name, 2)
-    return name
+    return f"test-{uuid4().hex[:8]}"  # a provider of its own: the real ones stay untouched
 
 
-async def test_slots_run_out_at_the_cap_and_a_release_notifies_and_frees_one(system_pool, provider):
-    run_id = uuid4()
-    first, second, third = uuid4(), uuid4(), uuid4()
+def _waiter(provider: str, account: UUID, priority: int = INTERACTIVE) -> Waiter:
+    return Waiter(provider, uuid4(), account, priority, uuid4(), "test")
+
+
+async def test_slots_run_out_at_the_cap_and_a_release_hands_the_slot_to_the_next_waiter(
+    system_pool, provider
+):
+    account = uuid4()
+    first, second, third = (_waiter(provider, account) for _ in range(3))
     async with system_pool.acquire() as conn, system_pool.acquire() as listener:
+        await provider_slots.ensure(conn, provider, 2)
         heard: asyncio.Queue[str] = asyncio.Queue()
 
         def on_notify(*args: object) -> None:
             heard.put_nowait(str(args[-1]))
 
         await listener.add_listener(provider_slots.CHANNEL, on_notify)
-        a = await provider_slots.acquire(conn, provider, 2, first, run_id, 30, "test")
-        b = await provider_slots.acquire(conn, provider, 2, second, run_id, 30, "test")
+        a = await provider_slots.enter(conn, first, 2, 30)
+        b = await provider_slots.enter(conn, second, 2, 30)
         assert {a, b} == {0, 1}
-        assert await provider_slots.acquire(conn, provider, 2, third, run_id, 30, "test") is None
-        assert await provider_slots.in_use(conn, provider) == 2
+        assert heard.empty()  # slots taken at once by their callers wake nobody
+        assert await provider_slots.enter(conn, third, 2, 30) is None
+        assert await provider_slots.waiting(conn, provider) == 1
+        assert await provider_slots.claim(conn, [third.holder]) == {}
 
         assert a is not None
-        await provider_slots.release(conn, provider, a, second)  # not its holder: no effect
-        assert await provider_slots.in_use(conn, provider) == 2
-        await provider_slots.release(conn, provider, a, first)
+        await provider_slots.release(conn, provider, a, second.holder, 2, 30)  # not its holder
+        assert await provider_slots.claim(conn, [third.holder]) == {}
+        await provider_slots.release(conn, provider, a, first.holder, 2, 30)
         assert await asyncio.wait_for(heard.get(), 5) == provider
-        assert await provider_slots.acquire(conn, provider, 2, third, run_id, 30, "test") == a
+        assert await provider_slots.claim(conn, [third.holder]) == {third.holder: a}
+        assert await provider_slots.in_use(conn, provider) == 2
+        assert await provider_slots.waiting(conn, provider) == 0
         await listener.remove_listener(provider_slots.CHANNEL, on_notify)
 
 
-async def test_twenty_takers_at_once_get_exactly_the_five_slots_there_are(
+async def test_accounts_take_turns_and_single_analyses_go_before_batch_items(system_pool, provider):
+    busy, other = uuid4(), uuid4()
+    async with system_pool.acquire() as conn:
+        await provider_slots.ensure(conn, provider, 1)
+        holding = _waiter(provider, busy, BATCH)
+        assert await provider_slots.enter(conn, holding, 1, 30) == 0  # `busy` was served last
+        # In the order they came: the busy account's batch backlog, then its own single
+        # analysis, then another account's two single analyses.
+        backlog = [_waiter(provider, busy, BATCH) for _ in range(3)]
+        own_single = _waiter(provider, busy, INTERACTIVE)
+        others = [_waiter(provider, other, INTERACTIVE) for _ in range(2)]
+        for waiter in [*backlog, own_single, *others]:
+            assert await provider_slots.enter(conn, waiter, 1, 30) is None
+
+        served = []
+        current = holding
+        everyone = [*backlog, own_single, *others]
+        for _ in everyone:
+            await provider_slots.release(conn, provider, 0, current.holder, 1, 30)
+            claimed = await provider_slots.claim(conn, [w.holder for w in everyone])
+            assert list(claimed.values()) == [0]
+            current = next(w for w in everyone if w.holder in claimed)
+            served.append(current)
+
+    assert served == [others[0], own_single, others[1], *backlog]
+
+
+async def test_a_dead_waiter_is_passed_over_and_a_slot_handed_to_a_leaver_goes_on(
+    system_pool, provider
+):
+    account = uuid4()
+    holding, dead, leaver, patient = (_waiter(provider, account) for _ in range(4))
+    async with system_pool.acquire() as conn:
+        await provider_slots.ensure(conn, provider, 1)
+        assert await provider_slots.enter(conn, holding, 1, 30) == 0
+        assert await provider_slots.enter(conn, dead, 1, 0.1) is None  # never renewed
+        assert await provider_slots.enter(conn, leaver, 1, 30) is None
+        assert await provider_slots.enter(conn, patient, 1, 30) is None
+        await asyncio.sleep(0.2)
+        await provider_slots.release(conn, provider, 0, holding.holder, 1, 30)
+        # The slot went to `leaver`, who gives up before claiming it: it goes on.
+        await provider_slots.leave(conn, provider, leaver.holder, 1, 30)
+        assert await provider_slots.claim(conn, [dead.holder, patient.holder]) == {
+            patient.holder: 0
+        }
+
+
+async def test_an_expired_lease_is_handed_on_and_its_old_holder_cannot_renew_it(
+    system_pool, provider
+):
+    account = uuid4()
+    crashed, next_one = _waiter(provider, account), _waiter(provider, account)
+    async with system_pool.acquire() as conn:
+        await provider_slots.ensure(conn, provider, 1)
+        assert await provider_slots.enter(conn, crashed, 1, 0.2) == 0
+        assert await provider_slots.enter(conn, next_one, 1, 30) is None
+        assert await provider_slots.grant(conn, provider, 1, 30) == 0  # still leased
+        await asyncio.sleep(0.3)
+        assert await provider_slots.in_use(conn, provider) == 0
+        assert await provider_slots.grant(conn, provider, 1, 30) == 1
+        assert await provider_slots.claim(conn, [next_one.holder]) == {next_one.holder: 0}
+        assert not await provider_slots.renew(conn, provider, 0, crashed.holder, 30)
+        assert await provider_slots.renew(conn, provider, 0, next_one.holder, 30)
+
+
+async def test_twenty_callers_at_once_get_exactly_the_five_slots_and_the_rest_wait(
     settings, system_pool, provider
 ):
     async with system_pool.acquire() as conn:
         await provider_slots.ensure(conn, provider, 5)
     # Twenty connections of their own (the pool has five), all asking at the same moment.
-    takers = await asyncio.gather(*(asyncpg.connect(settings.worker_dsn) for _ in range(20)))
+    callers = await asyncio.gather(*(asyncpg.connect(settings.worker_dsn) for _ in range(20)))
     try:
         taken = await asyncio.gather(
-            *(
-                provider_slots.acquire(conn, provider, 5, uuid4(), uuid4(), 30, "test")
-                for conn in takers
-            )
+            *(provider_slots.enter(c, _waiter(provider, uuid4()), 5, 30) for c in callers)
         )
     finally:
-        await asyncio.gather(*(conn.close() for conn in takers))
+        await asyncio.gather(*(c.close() for c in callers))
     assert sorted(t for t in taken if t is not None) == [0, 1, 2, 3, 4]
-
-
-async def test_an_expired_lease_is_taken_over_and_its_old_holder_cannot_renew_it(
-    system_pool, provider
-):
-    run_id = uuid4()
-    dead, alive = uuid4(), uuid4()
     async with system_pool.acquire() as conn:
-        slot = await provider_slots.acquire(conn, provider, 1, dead, run_id, 0.2, "test")
-        assert slot == 0
-        assert await provider_slots.acquire(conn, provider, 1, alive, run_id, 30, "test") is None
-        await asyncio.sleep(0.3)
-        assert await provider_slots.in_use(conn, provider) == 0
-        assert await provider_slots.acquire(conn, provider, 1, alive, run_id, 30, "test") == 0
-        assert not await provider_slots.renew(conn, provider, 0, dead, 30)
-        assert await provider_slots.renew(conn, provider, 0, alive, 30)
+        assert await provider_slots.waiting(conn, provider) == 15

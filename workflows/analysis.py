@@ -34,6 +34,7 @@ from uuid import UUID
 
 from temporalio import workflow
 from temporalio.common import (
+    Priority,
     RetryPolicy,
     SearchAttributeKey,
     SearchAttributePair,
@@ -122,6 +123,10 @@ AI_TIMEOUT = timedelta(seconds=150)
 PROVIDER_HEARTBEAT = timedelta(seconds=5)
 
 
+SINGLE_PRIORITY = 2  # Temporal priority keys: 1-5, lower first, 3 by default
+BATCH_ITEM_PRIORITY = 4
+
+
 def start_options(input: AnalysisInput, task_queue: str) -> dict[str, Any]:
     """How a run's workflow is started, by the API's client or as a batch's child: its
     id, its search attributes, a summary, and never twice for one run."""
@@ -138,6 +143,12 @@ def start_options(input: AnalysisInput, task_queue: str) -> dict[str, Any]:
             ]
         ),
         "static_summary": f"{input.tier} analysis of @{input.username}",
+        # Temporal's dispatch order (PROVIDERS.md): accounts in turn, single analyses before
+        # batch items. Provider slots keep their own fair order (activities.slots).
+        "priority": Priority(
+            priority_key=BATCH_ITEM_PRIORITY if input.batch_id else SINGLE_PRIORITY,
+            fairness_key=str(input.account_id),
+        ),
     }
 
 
@@ -267,6 +278,7 @@ class AnalysisWorkflow:
                 ScrapeInput(
                     run_id=input.run_id,
                     username=input.username,
+                    turn=input.turn,
                     attempts_before=attempts_before,
                 ),
                 task_queue=input.scrape_task_queue or workflow.info().task_queue,
@@ -301,6 +313,7 @@ class AnalysisWorkflow:
                     AIInput(
                         run_id=input.run_id,
                         part=part,
+                        turn=input.turn,
                         tier=input.tier,
                         business=business,
                         profile=profile,
