@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.ai import AIActivities
+from activities.batches import BatchActivities
 from activities.cache import CacheActivities
 from activities.compensation import CompensationActivities
 from activities.credits import CreditActivities
@@ -32,6 +33,7 @@ from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.apify import APIFY, ApifyScraper
 from providers.cache import PostgresProfileCache
 from workflows.analysis import AnalysisWorkflow
+from workflows.bulk import BulkAnalysisWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
+        batch = BatchActivities(pool)
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
@@ -86,6 +89,11 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             cache.check_cache,
             ai.analyze_profile,
             results.save_result,
+            batch.start_batch,
+            batch.next_items,
+            batch.unfinished,
+            batch.stop_batch,
+            batch.finish_batch,
         ]
         separate_scrape_queue = settings.scrape_queue != settings.task_queue
         if not separate_scrape_queue:
@@ -94,7 +102,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[AnalysisWorkflow],
+                workflows=[AnalysisWorkflow, BulkAnalysisWorkflow],
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),
             )

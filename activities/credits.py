@@ -41,19 +41,32 @@ class CreditActivities:
                         "the business profile no longer exists",
                     )
                 )
-            try:
-                movement = await credits.charge_run(
-                    conn, account_id=input.account_id, run_id=input.run_id, cost=input.credits_cost
-                )
-            except credits.InsufficientCredits as exc:
-                raise expected(business_error(ErrorCode.insufficient_credits, str(exc))) from exc
+            if run["batch_id"] is None:
+                try:
+                    movement = await credits.charge_run(
+                        conn,
+                        account_id=input.account_id,
+                        run_id=input.run_id,
+                        cost=input.credits_cost,
+                    )
+                except credits.InsufficientCredits as exc:
+                    raise expected(
+                        business_error(ErrorCode.insufficient_credits, str(exc))
+                    ) from exc
+                balance_after = movement.balance_after
+            else:
+                # An item of a batch: paid up front by the batch, which starts its items only
+                # once charged (DESIGN.md section 4).
+                if not await credits.batch_charged(conn, run["batch_id"]):
+                    raise RuntimeError(f"batch {run['batch_id']} of run {input.run_id} is unpaid")
+                balance_after = await credits.balance(conn, input.account_id)
             done = done_since(started)
             progress = Tracker(input.progress)
             progress.charged(done)
             await analyses.save_progress(conn, progress.document)
         return ChargeOutput(
             done=done,
-            balance_after=movement.balance_after,
+            balance_after=balance_after,
             business=BusinessContext(
                 id=business["id"],
                 name=business["name"],

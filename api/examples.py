@@ -195,3 +195,62 @@ API_KEY: dict[str, Any] = {
 API_KEY_CREATED: dict[str, Any] = API_KEY | {
     "key": "osk_Xq3vR8mKp2LwN5tYc7Hj0bFd9sGz4aVe1uQiOoXrWk"
 }
+
+BATCH_ID = "6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d"
+BATCH_LINKS: dict[str, Any] = {
+    "progress": f"/api/leads/analyze/bulk/{BATCH_ID}/progress",
+    "items": f"/api/leads/analyze/bulk/{BATCH_ID}/items",
+    "cancel": f"/api/leads/analyze/bulk/{BATCH_ID}/cancel",
+}
+BATCH_ACCEPTED: dict[str, Any] = {
+    "batch_id": BATCH_ID,
+    "status": "pending",
+    "analysis_type": "light",
+    "business_profile_id": PROFILE_ID,
+    "total": 2,
+    "duplicates": 1,
+    "rejected": [{"username": "not a handle", "code": "invalid_username", "run_id": None}],
+    "credits_cost": 1,
+    "credits_charged": 2,
+    "created_at": CREATED,
+    "links": BATCH_LINKS,
+}
+BATCH_SUMMARY: dict[str, Any] = {
+    "batch_id": BATCH_ID,
+    "status": "running",
+    "analysis_type": "light",
+    "business_profile_id": PROFILE_ID,
+    "total": 2,
+    "credits_cost": 1,
+    "cancel_requested": False,
+    "error": None,
+    "created_at": CREATED,
+    "started_at": CREATED,
+    "finished_at": None,
+    "links": BATCH_LINKS,
+}
+BATCH_PROGRESS: dict[str, Any] = {
+    "batch_id": BATCH_ID,
+    "status": "running",
+    "total": 2,
+    "counts": {"pending": 0, "processing": 1, "complete": 1, "failed": 0, "cancelled": 0},
+    "progress": 50,
+    "credits_charged": 2,
+    "credits_refunded": 0,
+    "cancel_requested": False,
+    "error": None,
+    "created_at": CREATED,
+    "started_at": CREATED,
+    "finished_at": None,
+    "items_per_second": 0.2,
+    "eta": FINISHED,
+}
+BATCH_ITEM: dict[str, Any] = {
+    "position": 0,
+    "username": "natgeo",
+    "run_id": RUN_ID,
+    "status": "complete",
+    "error": None,
+    "score": 82,
+    "summary": "A large, engaged audience that matches the offer.",
+}

@@ -61,7 +61,7 @@ async def start(
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     # Requests of one account queue here, in the process, rather than each holding a
     # pooled connection while it waits for the account's lock in the database.
-    async with _account_turn(scope.account_id), scope.transaction() as conn:
+    async with account_turn(scope.account_id), scope.transaction() as conn:
         if idempotency_key and (
             earlier := await _replay(conn, scope.account_id, idempotency_key, request_hash)
         ):
@@ -139,7 +139,7 @@ async def start(
         # The start failed, or its answer was lost, or this request was cancelled meanwhile
         # (the API stopping): end the run unless its workflow did start and charge it.
         log.error("could not start workflow for run %s: %r", run_id, exc)
-        if _unreachable(exc):
+        if unreachable(exc):
             health.server.trip(settings.temporal_unreachable_backoff_seconds)
         marked = await asyncio.shield(_mark_not_started(scope, run_id))
         if isinstance(exc, asyncio.CancelledError):
@@ -156,7 +156,7 @@ async def _mark_not_started(scope: TenantScope, run_id: UUID) -> bool:
         )
 
 
-def _unreachable(error: BaseException) -> bool:
+def unreachable(error: BaseException) -> bool:
     """The server could not be reached: refused, down, or never connected (a lazy client's
     first connection fails with a RuntimeError)."""
     if isinstance(error, RPCError):
@@ -184,7 +184,7 @@ async def _replay(
 _TURNS = [asyncio.Lock() for _ in range(64)]
 
 
-def _account_turn(account_id: UUID) -> asyncio.Lock:
+def account_turn(account_id: UUID) -> asyncio.Lock:
     """The in-process lock an account's starts take turns on (64 stripes: accounts sharing
     one wait a few milliseconds for each other; the database lock is the one that counts)."""
     return _TURNS[account_id.int % len(_TURNS)]
@@ -217,7 +217,7 @@ async def live_progress(
     except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None  # the workflow cannot answer (a failing workflow task)
     except Exception as exc:
-        if _unreachable(exc):
+        if unreachable(exc):
             health.server.trip(settings.temporal_unreachable_backoff_seconds)
         else:  # a timeout: no worker to answer
             health.queries.trip(settings.progress_query_backoff_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -263,3 +264,138 @@ class ApiKeyCreated(ApiKeyOut):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.API_KEY_CREATED]})
 
     key: str = Field(description="Send as `Authorization: Bearer <key>`; shown this once only")
+
+
+# --- batches ----------------------------------------------------------------------------
+
+MAX_BATCH = 10_000
+
+
+class BulkAnalyzeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "usernames": ["@natgeo", "nasa", "NatGeo", "not a handle"],
+                    "analysis_type": "light",
+                    "business_profile_id": examples.PROFILE_ID,
+                }
+            ]
+        },
+    )
+
+    usernames: list[str] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=(
+            "1 to 10,000 Instagram handles, normalised as for one analysis; repeats collapse "
+            "into one item, and invalid handles come back in `rejected`"
+        ),
+    )
+    analysis_type: Tier = Field(description="light (1 credit), deep (3) or xray (5), per item")
+    business_profile_id: UUID
+
+
+class RejectedUsername(BaseModel):
+    username: str = Field(description="As sent")
+    code: str = Field(
+        description="`invalid_username`, or `analysis_in_progress` (with the run's id)",
+        examples=["analysis_in_progress"],
+    )
+    run_id: UUID | None = None
+
+
+class BatchStatusName(StrEnum):
+    pending = "pending"
+    running = "running"
+    complete = "complete"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class BatchAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BATCH_ACCEPTED]})
+
+    batch_id: UUID
+    status: BatchStatusName
+    analysis_type: Tier
+    business_profile_id: UUID
+    total: int = Field(description="Items accepted (0 when every username was rejected)")
+    duplicates: int = Field(description="Repeated usernames collapsed into one item")
+    rejected: list[RejectedUsername]
+    credits_cost: int = Field(description="Per item")
+    credits_charged: int = Field(
+        description=(
+            "What the batch is charged, up front, for all its items: held for it from this "
+            "answer on, taken from the balance when its workflow starts"
+        )
+    )
+    created_at: datetime
+    links: dict[str, str]
+
+
+class BatchSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BATCH_SUMMARY]})
+
+    batch_id: UUID
+    status: BatchStatusName
+    analysis_type: Tier
+    business_profile_id: UUID
+    total: int
+    credits_cost: int
+    cancel_requested: bool
+    error: RunError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str]
+
+
+class ItemCounts(BaseModel):
+    pending: int
+    processing: int
+    complete: int
+    failed: int
+    cancelled: int
+
+
+class BatchProgress(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BATCH_PROGRESS]})
+
+    batch_id: UUID
+    status: BatchStatusName = Field(
+        description="`complete` once every item has ended, whatever each outcome"
+    )
+    total: int
+    counts: ItemCounts
+    progress: int = Field(ge=0, le=100, description="Items ended, in percent")
+    credits_charged: int = Field(description="Taken by the batch's charge (0 until it lands)")
+    credits_refunded: int = Field(description="Given back for items that did not complete")
+    cancel_requested: bool
+    error: RunError | None = None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items_per_second: float | None = Field(
+        description="Items ended per second since the batch started"
+    )
+    eta: datetime | None = Field(description="When the last item should end, at that rate")
+
+
+class BatchItemOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BATCH_ITEM]})
+
+    position: int = Field(description="The item's place in the batch, from 0")
+    username: str
+    run_id: UUID = Field(description="Works with the single-run endpoints")
+    status: RunStatus
+    error: RunError | None
+    score: int | None = Field(description="The lead's fit score, once complete")
+    summary: str | None = Field(description="The analysis's summary, once complete")
+
+
+class BatchCancelResponse(BaseModel):
+    batch_id: UUID
+    status: BatchStatusName
+    cancel_requested: bool = True

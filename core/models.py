@@ -7,6 +7,7 @@ breaking the histories of runs in flight. New fields need defaults.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
@@ -233,3 +234,96 @@ class FinishOutput(BaseModel):
     # The run's status after the step: `complete` when it had already passed the commit point.
     status: RunStatus
     lead_id: UUID | None = None
+
+
+# --- batches (DESIGN.md section 6) ----------------------------------------------------
+
+
+class BatchStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    complete = "complete"
+    cancelled = "cancelled"
+    failed = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (BatchStatus.complete, BatchStatus.cancelled, BatchStatus.failed)
+
+
+class BulkInput(BaseModel):
+    """A batch's workflow: what every item shares, how the window slides, and where the
+    previous run of the workflow stopped (continue-as-new)."""
+
+    batch_id: UUID
+    account_id: UUID
+    business_profile_id: UUID
+    tier: Tier
+    credits_cost: int  # per item
+    total: int
+    scrape_task_queue: str | None = None
+    provider_budget: ProviderBudget = Field(default_factory=ProviderBudget)
+    # Items in flight at once: more than the provider caps, so no slot waits for an item.
+    window: int = 50
+    # Items started by one run of the workflow before it continues as new (history size).
+    page_size: int = 1000
+    # Carried over continue-as-new.
+    charged: bool = False
+    next_position: int = 0
+    in_flight: list[UUID] = Field(default_factory=list)
+    started: int = 0  # items started by earlier runs
+
+
+class BatchRef(BaseModel):
+    batch_id: UUID
+
+
+class BatchStarted(BaseModel):
+    status: BatchStatus
+    refunded_credits: int = 0
+
+
+class NextItemsInput(BaseModel):
+    batch_id: UUID
+    from_position: int
+    limit: int
+
+
+class BatchItem(BaseModel):
+    run_id: UUID
+    username: str
+    position: int
+
+
+class NextItems(BaseModel):
+    items: list[BatchItem]
+    cancel_requested: bool
+
+
+class UnfinishedInput(BaseModel):
+    run_ids: list[UUID]
+
+
+class UnfinishedOutput(BaseModel):
+    run_ids: list[UUID]
+
+
+class StopBatchInput(BaseModel):
+    batch_id: UUID
+    # Items from here on were never started: they end cancelled and are refunded.
+    from_position: int
+
+
+class StopBatchOutput(BaseModel):
+    cancelled: int
+    refunded_credits: int
+
+
+class FinishBatchInput(BaseModel):
+    batch_id: UUID
+    status: BatchStatus
+
+
+class BulkOutcome(BaseModel):
+    batch_id: UUID
+    status: BatchStatus

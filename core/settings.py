@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     apify_max_concurrency: int = Field(default=10, ge=1)
     openai_max_concurrency: int = Field(default=20, ge=1)
 
+    # Batches: items in flight at once per batch (above the provider caps, so no slot waits
+    # for an item; at most 1,000, well inside Temporal's 2,000 pending children per run), and
+    # items a batch's workflow starts before it continues as new.
+    batch_window: int = Field(default=50, ge=1, le=1000)
+    batch_page_size: int = Field(default=1000, ge=1, le=5000)
+
     # OpenAI
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

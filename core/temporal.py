@@ -19,6 +19,7 @@ SEARCH_ATTRIBUTES = {
     "AnalysisType": "Keyword",
     "Username": "Keyword",
     "RunStatus": "Keyword",
+    "BatchId": "Keyword",
 }
 
 

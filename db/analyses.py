@@ -27,7 +27,7 @@ IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
 _RUN_COLUMNS = """id, account_id, business_profile_id, username, analysis_type, credits_cost,
     status, progress, current_step, steps, error_code, error_message, idempotency_key,
     request_hash, cancel_requested_at, lead_id, result, cost, credits_charged,
-    created_at, updated_at, finished_at, progress_version"""
+    created_at, updated_at, finished_at, progress_version, batch_id, batch_position"""
 
 
 def steps_json(steps: list[StepRecord]) -> dict[str, Any]:
@@ -190,14 +190,16 @@ async def mark_not_started(conn: Connection, run_id: UUID, code: str, message: s
 async def cancel_unstarted(conn: Connection, run_id: UUID) -> bool:
     """Cancels a run whose workflow does not exist: nothing was or will be charged.
 
-    False when the run was no longer pending (its workflow did start meanwhile).
+    False when the run was no longer pending (its workflow did start meanwhile), or is an
+    item of a batch: its batch paid for it, and the item's own workflow, which the batch
+    starts in its turn, sees the cancel flag, ends it cancelled and refunds it.
     """
     cancelled = await conn.fetchval(
         """UPDATE analyses
            SET status = 'cancelled', error_code = 'run_cancelled',
                error_message = 'cancelled before it started', updated_at = now(),
                finished_at = now()
-           WHERE id = $1 AND status = 'pending'
+           WHERE id = $1 AND status = 'pending' AND batch_id IS NULL
            RETURNING true""",
         run_id,
     )

@@ -85,7 +85,7 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "openai_base_url": f"{servers.simulator_url}/v1",
         "openai_api_key": "test-key",
         "jwt_secret": JWT_SECRET,
-        "db_pool_max": 30,
+        "db_pool_max": 20,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]

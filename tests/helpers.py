@@ -183,11 +183,22 @@ def running_api(settings: Settings, **env: str) -> Iterator[ApiProcess]:
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record_history(temporal_client: Any, run_id: str | UUID, name: str) -> None:
-    """With OSLIRA_RECORD_HISTORIES=1, keeps the run's workflow history as a replay fixture
-    (tests/test_replay.py replays every one of them against the current workflow code)."""
+async def record_history(
+    temporal_client: Any,
+    run_id: str | UUID,
+    name: str,
+    *,
+    workflow_id: str | None = None,
+    workflow_run_id: str | None = None,
+) -> None:
+    """With OSLIRA_RECORD_HISTORIES=1, keeps the run's workflow history (or another
+    workflow's) as a replay fixture (tests/test_replay.py replays every one of them against
+    the current workflow code)."""
     if os.environ.get("OSLIRA_RECORD_HISTORIES") != "1":
         return
-    history = await temporal_client.get_workflow_handle(f"analysis-{run_id}").fetch_history()
+    handle = temporal_client.get_workflow_handle(
+        workflow_id or f"analysis-{run_id}", run_id=workflow_run_id
+    )
+    history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())

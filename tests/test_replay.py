@@ -5,7 +5,7 @@ The histories in tests/histories/ were recorded from the suite's own runs: each 
 complete, a cache hit, provider failures retried, a fault storm, a provider down past its
 budget, a worker lost mid-call, a commit held up by a database outage, failures before and
 after the charge, a compensation retried, cancellations mid-scrape, by an operator and at
-the commit point.
+the commit point; and batches: complete, continued as new, cancelled mid-way, and an item.
 Record them again (`OSLIRA_RECORD_HISTORIES=1 make test`) only when no run of the old
 code can still be in flight; otherwise guard the change with `workflow.patched`.
 """
@@ -19,6 +19,7 @@ from temporalio.worker import Replayer
 
 from tests.helpers import HISTORIES
 from workflows.analysis import AnalysisWorkflow
+from workflows.bulk import BulkAnalysisWorkflow
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -42,11 +43,18 @@ def test_the_recorded_histories_cover_every_path():
         "cancelled_mid_scrape",
         "cancelled_by_operator",
         "cancelled_at_commit",
+        "batch_item_complete",
+        "bulk_complete",
+        "bulk_continued_as_new",
+        "bulk_cancelled",
     } <= names
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[path.stem for path in RECORDED])
 async def test_the_workflow_replays_a_recorded_history(path):
     history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[AnalysisWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[AnalysisWorkflow, BulkAnalysisWorkflow],
+        data_converter=pydantic_data_converter,
+    )
     await replayer.replay_workflow(history)  # raises on any non-determinism

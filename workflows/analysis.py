@@ -89,6 +89,7 @@ ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
 ANALYSIS_TYPE = SearchAttributeKey.for_keyword("AnalysisType")
 USERNAME = SearchAttributeKey.for_keyword("Username")
 RUN_STATUS = SearchAttributeKey.for_keyword("RunStatus")
+BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
 
 # Database steps, the charge, the commit and the compensation alike, retry until the
 # database answers: an outage of minutes delays a run, and the refund is never given up on.
@@ -141,6 +142,7 @@ def start_options(input: AnalysisInput, task_queue: str) -> dict[str, Any]:
                 SearchAttributePair(USERNAME, input.username),
                 SearchAttributePair(RUN_STATUS, RunStatus.pending.value),
             ]
+            + ([SearchAttributePair(BATCH_ID, str(input.batch_id))] if input.batch_id else [])
         ),
         "static_summary": f"{input.tier} analysis of @{input.username}",
         # Temporal's dispatch order (PROVIDERS.md): accounts in turn, single analyses before

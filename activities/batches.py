@@ -1,0 +1,140 @@
+"""The batch's own steps (DESIGN.md sections 4 and 6): charge it up front, hand its workflow
+the next items, end and refund what it never started, and record its end.
+
+Each runs as a local activity of `BulkAnalysisWorkflow` and, like the compensation, never
+gives up: they move credits, and a batch must always reach its end.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from activities.common import never_giving_up
+from core.errors import ErrorCode
+from core.models import (
+    BatchItem,
+    BatchRef,
+    BatchStarted,
+    BatchStatus,
+    FinishBatchInput,
+    NextItems,
+    NextItemsInput,
+    StopBatchInput,
+    StopBatchOutput,
+    UnfinishedInput,
+    UnfinishedOutput,
+)
+from db import batches, credits
+from db.pool import connection
+
+NEVER_STARTED = "The batch was cancelled before this item started."
+
+
+class BatchActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @activity.defn
+    @never_giving_up
+    async def start_batch(self, input: BatchRef) -> BatchStarted:
+        """Charges the batch its whole cost and makes it `running`, in one transaction.
+
+        A batch cancelled before this ends cancelled, charging nothing; one the balance can
+        no longer cover ends failed, its items too. Safe to repeat: a batch already past
+        `pending` is reported as it is.
+        """
+        async with connection(self._pool) as conn, conn.transaction():
+            batch = await batches.lock(conn, input.batch_id)
+            if batch is None:
+                raise LookupError(f"batch {input.batch_id} does not exist")
+            if batch["status"] != BatchStatus.pending:
+                return BatchStarted(status=BatchStatus(batch["status"]))
+            if batch["cancel_requested_at"] is not None:
+                await batches.end_unstarted(
+                    conn,
+                    input.batch_id,
+                    0,
+                    status="cancelled",
+                    code=ErrorCode.run_cancelled,
+                    message=NEVER_STARTED,
+                )
+                await batches.finish(conn, input.batch_id, BatchStatus.cancelled)
+                return BatchStarted(status=BatchStatus.cancelled)
+            try:
+                await credits.charge_batch(
+                    conn,
+                    account_id=batch["account_id"],
+                    batch_id=input.batch_id,
+                    amount=batch["total"] * batch["credits_cost"],
+                )
+            except credits.InsufficientCredits as exc:
+                # The API promised these credits, but a refund may have been reversed by an
+                # operator meanwhile: nothing is charged and nothing runs.
+                message = f"Not enough credits for the batch: {exc}"
+                await batches.end_unstarted(
+                    conn,
+                    input.batch_id,
+                    0,
+                    status="failed",
+                    code=ErrorCode.insufficient_credits,
+                    message=message,
+                )
+                await batches.fail(conn, input.batch_id, ErrorCode.insufficient_credits, message)
+                return BatchStarted(status=BatchStatus.failed)
+            await batches.start(conn, input.batch_id)
+        activity.logger.info("batch %s charged and running", input.batch_id)
+        return BatchStarted(status=BatchStatus.running)
+
+    @activity.defn
+    @never_giving_up
+    async def next_items(self, input: NextItemsInput) -> NextItems:
+        """The next items not yet started, and whether the batch was flagged for
+        cancellation (the API flags it before asking Temporal, which may be unreachable)."""
+        async with connection(self._pool) as conn:
+            batch = await batches.get(conn, input.batch_id)
+            items = await batches.next_items(conn, input.batch_id, input.from_position, input.limit)
+        return NextItems(
+            items=[
+                BatchItem(run_id=i.run_id, username=i.username, position=i.position) for i in items
+            ],
+            cancel_requested=batch is not None and batch["cancel_requested_at"] is not None,
+        )
+
+    @activity.defn
+    @never_giving_up
+    async def unfinished(self, input: UnfinishedInput) -> UnfinishedOutput:
+        async with connection(self._pool) as conn:
+            return UnfinishedOutput(run_ids=await batches.unfinished(conn, input.run_ids))
+
+    @activity.defn
+    @never_giving_up
+    async def stop_batch(self, input: StopBatchInput) -> StopBatchOutput:
+        """Ends the items never started, from `from_position` on, cancelled, and refunds
+        them, in one transaction; safe to repeat (each refund has its own key)."""
+        async with connection(self._pool) as conn, conn.transaction():
+            batch = await batches.lock(conn, input.batch_id)
+            if batch is None:
+                raise LookupError(f"batch {input.batch_id} does not exist")
+            ended = await batches.end_unstarted(
+                conn,
+                input.batch_id,
+                input.from_position,
+                status="cancelled",
+                code=ErrorCode.run_cancelled,
+                message=NEVER_STARTED,
+            )
+            refunded = await credits.refund_items(
+                conn,
+                account_id=batch["account_id"],
+                batch_id=input.batch_id,
+                run_ids=ended,
+                item_cost=batch["credits_cost"],
+            )
+        return StopBatchOutput(cancelled=len(ended), refunded_credits=refunded)
+
+    @activity.defn
+    @never_giving_up
+    async def finish_batch(self, input: FinishBatchInput) -> None:
+        async with connection(self._pool) as conn:
+            await batches.finish(conn, input.batch_id, input.status)
