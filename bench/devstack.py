@@ -23,7 +23,7 @@ def dev_stack(**extra: str) -> Iterator[tuple[Path, dict[str, str], int]]:
         home = Path(tmp)
         os.chmod(home, 0o755)  # pgserver runs postgres as its own user when root
         env = stack.isolated_dev_env(
-            home, SIM_APIFY_LATENCY_MS="0", SIM_OPENAI_LATENCY_MS="0", **extra
+            home, **{"SIM_APIFY_LATENCY_MS": "0", "SIM_OPENAI_LATENCY_MS": "0", **extra}
         )
         dev = stack.spawn(stack.oslira_command("dev"), env, home / "dev.out")
         try:

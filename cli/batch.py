@@ -46,7 +46,7 @@ from tenacity import (
 )
 
 batch_app = typer.Typer(no_args_is_help=True, help="Start, follow, cancel and read batches.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages a script may grep stay whole
 
 BULK = "/api/leads/analyze/bulk"
 MAX_ITEMS = 10_000

@@ -1,5 +1,5 @@
-"""The `oslira` command: run the stack or one of its parts, migrate, and the operator commands
-(accounts, tokens, credits)."""
+"""The `oslira` command: run the stack or one of its parts, migrate, the operator commands
+(accounts, tokens, credits, API keys), and `oslira batch` for scripts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cli.batch import batch_app
 from cli.operators import (
     accounts_app,
     api_keys_app,
@@ -23,6 +24,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(credits_app, name="credits")
 app.add_typer(api_keys_app, name="api-keys")
+app.add_typer(batch_app, name="batch")
 
 
 def _logging(verbose: bool = False) -> None:

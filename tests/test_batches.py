@@ -6,6 +6,7 @@ the ledger invariants, batches included, after every test."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 from uuid import uuid4
@@ -13,8 +14,9 @@ from uuid import uuid4
 import httpx
 from temporalio.client import WorkflowExecutionStatus
 
+from cli import stack
 from tests.conftest import Account, app_client, make_settings
-from tests.helpers import balance, record_history, start_ok, wait_for
+from tests.helpers import balance, process_env, record_history, start_ok, wait_for
 
 BULK = "/api/leads/analyze/bulk"
 
@@ -370,3 +372,44 @@ async def test_a_small_page_size_continues_as_new_and_starts_each_item_once(
         workflow_id=f"bulk-{batch_id}",
         workflow_run_id=first_run.run_id,
     )
+
+
+async def test_a_worker_killed_mid_batch_delays_it_and_starts_no_item_twice(
+    servers, new_account, system_pool, temporal_client, tmp_path
+):
+    """The only worker is killed -9 while the batch's workflow and its items run; another
+    takes over. Every item ends complete, each with one workflow, the batch charged once."""
+    own = make_settings(servers, batch_window=4)  # a queue of its own, no in-process worker
+    account = await new_account(credits_granted=30)
+    env = process_env(own, str(tmp_path))
+    first = stack.spawn(stack.oslira_command("worker"), env, tmp_path / "worker1.log")
+    second = None
+    try:
+        async with app_client(own) as client:
+            usernames = [*_names("lead", 3), *_names("slow", 2), *_names("lead", 9)]
+            batch_id = (await _start(client, account, usernames)).json()["batch_id"]
+            deadline = time.monotonic() + 30
+            while (await _progress(client, account, batch_id))["counts"]["complete"] < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+
+            first.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.wait)
+            second = stack.spawn(stack.oslira_command("worker"), env, tmp_path / "worker2.log")
+            done = await _wait_batch(client, account, batch_id, timeout=120)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                await asyncio.to_thread(stack.stop, proc)
+
+    assert done["status"] == "complete" and done["counts"]["complete"] == 14
+    assert done["credits_charged"] == 14 and done["credits_refunded"] == 0
+    items = await _workflows(
+        temporal_client, f"BatchId = '{batch_id}' AND WorkflowType = 'AnalysisWorkflow'", 14
+    )
+    assert len(items) == 14 and len({w.id for w in items}) == 14
+    charges = await system_pool.fetchval(
+        "SELECT count(*) FROM credit_ledger WHERE batch_id = $1::uuid AND kind = 'charge'",
+        batch_id,
+    )
+    assert charges == 1
