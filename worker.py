@@ -91,6 +91,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             results.save_result,
             batch.start_batch,
             batch.next_items,
+            batch.cancel_requested,
             batch.unfinished,
             batch.stop_batch,
             batch.finish_batch,

@@ -103,6 +103,13 @@ class BatchActivities:
 
     @activity.defn
     @never_giving_up
+    async def cancel_requested(self, input: BatchRef) -> bool:
+        async with connection(self._pool) as conn:
+            batch = await batches.get(conn, input.batch_id)
+        return batch is not None and batch["cancel_requested_at"] is not None
+
+    @activity.defn
+    @never_giving_up
     async def unfinished(self, input: UnfinishedInput) -> UnfinishedOutput:
         async with connection(self._pool) as conn:
             return UnfinishedOutput(run_ids=await batches.unfinished(conn, input.run_ids))
@@ -116,6 +123,8 @@ class BatchActivities:
             batch = await batches.lock(conn, input.batch_id)
             if batch is None:
                 raise LookupError(f"batch {input.batch_id} does not exist")
+            # The balance before the items, in the order an item's compensation takes them.
+            await credits.lock_balance(conn, batch["account_id"])
             ended = await batches.end_unstarted(
                 conn,
                 input.batch_id,

@@ -34,13 +34,7 @@ class CompensationActivities:
                 return FinishOutput(
                     refunded_credits=0, status=RunStatus.complete, lead_id=run["lead_id"]
                 )
-            refund = await credits.refund_run(
-                conn,
-                account_id=run["account_id"],
-                run_id=run_id,
-                batch_id=run["batch_id"],
-                item_cost=run["credits_cost"],
-            )
+            refund = await credits.refund_run(conn, account_id=run["account_id"], run_id=run_id)
             await analyses.finish_unsuccessful(conn, input.progress)
         # A run that had already ended (the API failed it) keeps the status it has.
         final = input.progress.status if run["status"] in IN_FLIGHT else RunStatus(run["status"])

@@ -29,6 +29,7 @@ from api.schemas import BulkAnalyzeRequest, instagram_handle
 from core.models import BulkInput, ProviderBudget
 from core.progress import Tracker
 from core.settings import Settings
+from core.tiers import Tier
 from db import batches, business_profiles, credits
 from db.pool import Connection
 from workflows.bulk import BulkAnalysisWorkflow, bulk_start_options, bulk_workflow_id
@@ -76,18 +77,34 @@ async def start(
     idempotency_key: str | None = None,
 ) -> tuple[asyncpg.Record, int]:
     """Accepts a batch and starts its workflow; returns its row and how many repeats were
-    collapsed. A repeated Idempotency-Key with the same body returns the first batch."""
-    if health.server.open:
-        raise _not_started()
+    collapsed. A repeated Idempotency-Key with the same body returns the first batch (and
+    starts its workflow if it is still pending: the first request may have died before)."""
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     names = sort_usernames(request.usernames)
+    row = await _accept(scope, settings, health, request, names, request_hash, idempotency_key)
+    if row["status"] == "pending":
+        await _start_workflow(scope, settings, temporal, health, row)
+    return row, names.duplicates
+
+
+async def _accept(
+    scope: TenantScope,
+    settings: Settings,
+    health: TemporalHealth,
+    request: BulkAnalyzeRequest,
+    names: Sorted,
+    request_hash: str,
+    idempotency_key: str | None,
+) -> asyncpg.Record:
     cost = settings.credits_for(request.analysis_type)
     batch_id = uuid4()
     async with runs.account_turn(scope.account_id), scope.transaction() as conn:
         if idempotency_key and (
             earlier := await _replay(conn, scope.account_id, idempotency_key, request_hash)
         ):
-            return earlier, names.duplicates
+            return earlier
+        if health.server.open:
+            raise _not_started()
         if await business_profiles.get_live(conn, request.business_profile_id) is None:
             raise NotFound(
                 "No such business profile.",
@@ -143,17 +160,27 @@ async def start(
             if idempotency_key and (
                 earlier := await _replay(conn, scope.account_id, idempotency_key, request_hash)
             ):
-                return earlier, names.duplicates
+                return earlier
             raise
+    return row  # complete at once when every username was rejected
 
-    if not accepted:  # every username rejected: the batch is complete, nothing to run
-        return row, names.duplicates
+
+async def _start_workflow(
+    scope: TenantScope,
+    settings: Settings,
+    temporal: Client,
+    health: TemporalHealth,
+    row: asyncpg.Record,
+) -> None:
+    """Starts the pending batch's workflow (once: a second start finds it started); when it
+    cannot be, the batch fails uncharged and the request answers 503."""
+    batch_id = row["id"]
     batch = BulkInput(
         batch_id=batch_id,
-        account_id=scope.account_id,
-        business_profile_id=request.business_profile_id,
-        tier=request.analysis_type,
-        credits_cost=cost,
+        account_id=row["account_id"],
+        business_profile_id=row["business_profile_id"],
+        tier=Tier(row["analysis_type"]),
+        credits_cost=row["credits_cost"],
         total=row["total"],
         scrape_task_queue=settings.scrape_task_queue,
         provider_budget=ProviderBudget(
@@ -185,7 +212,6 @@ async def start(
             raise
         if marked:
             raise _not_started() from exc
-    return row, names.duplicates
 
 
 async def _mark_not_started(scope: TenantScope, batch_id: UUID) -> bool:

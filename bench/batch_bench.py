@@ -27,9 +27,11 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import asyncpg
 import httpx
 import psutil
 from devstack import dev_stack  # the bench folder is on sys.path when run as a script
@@ -130,11 +132,58 @@ async def single_run(api: httpx.AsyncClient, account: dict[str, str]) -> float:
     return round((finished - created).total_seconds(), 2)
 
 
-async def bound(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+async def timeline(home: Path, batch_id: str, cap: int) -> dict[str, Any]:
+    """Where the batch's time went beyond the scrapes, from the items' recorded steps: from
+    the POST to the first scrape's start, and from the last scrape's end to the batch's."""
+    stack_env = dict(
+        line.split("=", 1) for line in (home / "stack.env").read_text().splitlines() if line
+    )
+    conn = await asyncpg.connect(stack_env["DATABASE_URL"])
+    try:
+        row = await conn.fetchrow(
+            """SELECT min((a.steps -> 'scrape_profile' ->> 'started_at')::timestamptz)
+                          - b.created_at AS before_first,
+                      b.finished_at
+                          - max((a.steps -> 'scrape_profile' ->> 'finished_at')::timestamptz)
+                          AS after_last
+               FROM batches b JOIN analyses a ON a.batch_id = b.id
+               WHERE b.id = $1::uuid GROUP BY b.id""",
+            batch_id,
+        )
+        finishes = [
+            r["t"]
+            for r in await conn.fetch(
+                """SELECT (steps -> 'scrape_profile' ->> 'finished_at')::timestamptz AS t
+                   FROM analyses WHERE batch_id = $1::uuid ORDER BY 1""",
+                batch_id,
+            )
+        ]
+    finally:
+        await conn.close()
+    assert row is not None
+    # A slot's cycle: from one scrape's end to the end of the scrape that took its slot.
+    cycles = [(b - a).total_seconds() for a, b in zip(finishes, finishes[cap:], strict=False)]
+    return {
+        "slot_cycle_s": {
+            "p50": round(sorted(cycles)[len(cycles) // 2], 3) if cycles else None,
+            "mean": round(sum(cycles) / len(cycles), 3) if cycles else None,
+            "max": round(max(cycles), 3) if cycles else None,
+        },
+        "post_to_first_scrape_s": round(row["before_first"].total_seconds(), 2),
+        "last_scrape_to_end_s": round(row["after_last"].total_seconds(), 2),
+    }
+
+
+async def bound(home: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     api_url = f"http://127.0.0.1:{env['API_PORT']}"
     sim_url = f"http://127.0.0.1:{env['SIM_PORT']}"
     account = create_account(env)
     async with httpx.AsyncClient(base_url=api_url, timeout=120) as api:
+        if args.warm_up:  # pools filled, modules imported: a stack that has been running
+            warm, _ = await start_batch(
+                api, account, [f"warm_{uuid4().hex[:6]}_{i}" for i in range(args.warm_up)]
+            )
+            await wait_batch(api, account, warm, every=0.2)
         async with httpx.AsyncClient(base_url=sim_url) as sim:
             await sim.post("/_simulator/apify/stats/reset")
         tag = uuid4().hex[:6]
@@ -154,6 +203,7 @@ async def bound(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
     provider_bound = math.ceil(args.items / args.cap) * args.latency_ms / 1000
     return {
         "items": args.items,
+        "warm_up_items": args.warm_up,
         "cap": args.cap,
         "scrape_latency_s": args.latency_ms / 1000,
         "post_s": round(post_s, 2),
@@ -163,6 +213,7 @@ async def bound(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
         "provider_bound_s": provider_bound,
         "ratio_to_bound": round(elapsed / provider_bound, 3),
         "apify_max_in_flight": stats.get("max_in_flight"),
+        **await timeline(home, batch_id, args.cap),
         "other_accounts_single_s": single,
     }
 
@@ -235,6 +286,7 @@ def main() -> None:
     b.add_argument("--cap", type=int, default=10)
     b.add_argument("--latency-ms", type=int, default=2000)
     b.add_argument("--single-after", type=float, default=None, help="seconds into the batch")
+    b.add_argument("--warm-up", type=int, default=20, help="items of a batch run first (0: none)")
     s = sub.add_parser("scale", help="a big batch on zero-latency providers")
     s.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--worker-processes", type=int, default=0, help="0: the stack's default")
@@ -246,9 +298,9 @@ def main() -> None:
             "SIM_APIFY_LATENCY_MS": str(args.latency_ms),
             "APIFY_MAX_CONCURRENCY": str(args.cap),
         }
-    with dev_stack(**extra) as (_, env, dev_pid):
+    with dev_stack(**extra) as (home, env, dev_pid):
         if args.scenario == "bound":
-            results = asyncio.run(bound(env, args))
+            results = asyncio.run(bound(home, env, args))
         else:
             results = asyncio.run(scale(env, dev_pid, args))
     print(

@@ -45,7 +45,7 @@ def batch_charge_key(batch_id: UUID) -> str:
     return f"charge:batch:{batch_id}"
 
 
-async def _lock_balance(conn: Connection, account_id: UUID) -> int:
+async def lock_balance(conn: Connection, account_id: UUID) -> int:
     balance = await conn.fetchval(
         "SELECT balance FROM credit_balances WHERE account_id = $1 FOR UPDATE", account_id
     )
@@ -132,7 +132,7 @@ async def grant(
     """Adds credits once per key (purchases, grants, renewals)."""
     if amount <= 0:
         raise ValueError("a grant adds a positive number of credits")
-    await _lock_balance(conn, account_id)
+    await lock_balance(conn, account_id)
     if (done := await _existing(conn, key)) is not None:
         return done
     return await _move(
@@ -148,7 +148,7 @@ async def grant(
 
 async def charge_run(conn: Connection, *, account_id: UUID, run_id: UUID, cost: int) -> Movement:
     """Takes a run's cost once; a repeat for the same run changes nothing."""
-    await _lock_balance(conn, account_id)
+    await lock_balance(conn, account_id)
     if (done := await _existing(conn, charge_key(run_id))) is not None:
         return done
     return await _move(
@@ -162,29 +162,29 @@ async def charge_run(conn: Connection, *, account_id: UUID, run_id: UUID, cost: 
     )
 
 
-async def refund_run(
-    conn: Connection,
-    *,
-    account_id: UUID,
-    run_id: UUID,
-    batch_id: UUID | None = None,
-    item_cost: int = 0,
-) -> Movement | None:
+async def refund_run(conn: Connection, *, account_id: UUID, run_id: UUID) -> Movement | None:
     """Gives back what the run was charged, once; None when it was never charged.
 
-    An item of a batch (`batch_id`) was paid by its batch's charge: it gets back its own
-    cost, `item_cost`, once the batch was charged.
+    An item of a batch was paid by its batch's charge: once the batch was charged, it gets
+    back its own cost.
     """
-    await _lock_balance(conn, account_id)
+    await lock_balance(conn, account_id)
+    run = await conn.fetchrow(
+        "SELECT batch_id, credits_cost FROM analyses WHERE id = $1 AND account_id = $2",
+        run_id,
+        account_id,
+    )
+    batch_id: UUID | None = run["batch_id"] if run else None
     if batch_id is None:
         charge = await _existing(conn, charge_key(run_id))
         if charge is None:
             return None
         amount = -charge.delta
     else:
+        assert run is not None
         if await _existing(conn, batch_charge_key(batch_id)) is None:
             return None
-        amount = item_cost
+        amount = int(run["credits_cost"])
     if (done := await _existing(conn, refund_key(run_id))) is not None:
         return done
     return await _move(
@@ -203,7 +203,7 @@ async def charge_batch(
     conn: Connection, *, account_id: UUID, batch_id: UUID, amount: int
 ) -> Movement:
     """Takes a batch's whole cost once, up front; a repeat changes nothing."""
-    await _lock_balance(conn, account_id)
+    await lock_balance(conn, account_id)
     if (done := await _existing(conn, batch_charge_key(batch_id))) is not None:
         return done
     return await _move(
@@ -227,7 +227,7 @@ async def refund_items(
     """Refunds the items of a charged batch that never ran, each once, in one statement per
     step rather than one movement per item (a cancelled batch may leave thousands). Returns
     the credits given back."""
-    await _lock_balance(conn, account_id)
+    await lock_balance(conn, account_id)
     if await _existing(conn, batch_charge_key(batch_id)) is None:
         return 0
     owed: list[UUID] = [

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 from cli import stack
@@ -76,6 +77,28 @@ async def _workflows(client: Any, query: str, at_least: int, timeout: float = 10
         if len(found) >= at_least or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.2)
+
+
+async def _child_starts(client: Any, batch_id: str) -> tuple[list[str], int]:
+    """Every item start the batch's workflow asked for, across all its runs (following the
+    continue-as-new chain back from the last), and how many Temporal refused."""
+    started: list[str] = []
+    refused = 0
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(
+            f"bulk-{batch_id}", run_id=run_id
+        ).fetch_history()
+        for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+                attributes = event.start_child_workflow_execution_initiated_event_attributes
+                started.append(attributes.workflow_id)
+            elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED:
+                refused += 1
+        first = history.events[0].workflow_execution_started_event_attributes
+        if not first.continued_execution_run_id:
+            return started, refused
+        run_id = first.continued_execution_run_id
 
 
 async def _items(
@@ -316,10 +339,8 @@ async def test_cancel_mid_batch_refunds_every_unfinished_item_once(
         )
     ]
     assert running == []
-    started = await _workflows(
-        temporal_client, f"BatchId = '{batch_id}' AND WorkflowType = 'AnalysisWorkflow'", 6
-    )
-    assert len(started) == 6
+    started, refused = await _child_starts(temporal_client, batch_id)
+    assert len(started) == 6 and refused == 0
     await record_history(temporal_client, None, "bulk_cancelled", workflow_id=f"bulk-{batch_id}")
 
 
@@ -360,10 +381,8 @@ async def test_a_small_page_size_continues_as_new_and_starts_each_item_once(
     runs = await _workflows(temporal_client, f"WorkflowId = 'bulk-{batch_id}'", 4)
     assert len(runs) == 4  # 14 items, 4 per run
     assert sum(w.status == WorkflowExecutionStatus.CONTINUED_AS_NEW for w in runs) == len(runs) - 1
-    items = await _workflows(
-        temporal_client, f"BatchId = '{batch_id}' AND WorkflowType = 'AnalysisWorkflow'", 14
-    )
-    assert len(items) == 14 and len({w.id for w in items}) == 14
+    started, refused = await _child_starts(temporal_client, batch_id)
+    assert len(started) == 14 and len(set(started)) == 14 and refused == 0
     first_run = min(runs, key=lambda w: w.start_time)
     await record_history(
         temporal_client,
@@ -404,12 +423,32 @@ async def test_a_worker_killed_mid_batch_delays_it_and_starts_no_item_twice(
 
     assert done["status"] == "complete" and done["counts"]["complete"] == 14
     assert done["credits_charged"] == 14 and done["credits_refunded"] == 0
-    items = await _workflows(
-        temporal_client, f"BatchId = '{batch_id}' AND WorkflowType = 'AnalysisWorkflow'", 14
+    # Each item's start was asked for once, and never refused as a duplicate.
+    started, refused = await _child_starts(temporal_client, batch_id)
+    assert len(started) == 14 and len(set(started)) == 14 and refused == 0
+    ledger = await system_pool.fetch(
+        "SELECT kind, delta FROM credit_ledger WHERE batch_id = $1::uuid", batch_id
     )
-    assert len(items) == 14 and len({w.id for w in items}) == 14
-    charges = await system_pool.fetchval(
-        "SELECT count(*) FROM credit_ledger WHERE batch_id = $1::uuid AND kind = 'charge'",
-        batch_id,
-    )
-    assert charges == 1
+    assert [(r["kind"], r["delta"]) for r in ledger] == [("charge", -14)]
+
+
+async def test_a_cancel_flag_alone_cancels_the_batch_when_temporal_was_not_reached(
+    servers, settings, worker, new_account, system_pool
+):
+    """The API flags the batch, then asks Temporal, which it may not reach: the workflow
+    reads the flag while it waits and cancels as if asked."""
+    narrow = make_settings(servers, task_queue=settings.task_queue, batch_window=2)
+    account = await new_account(credits_granted=20)
+    async with app_client(narrow) as client:
+        batch_id = (await _start(client, account, _names("slow", 6))).json()["batch_id"]
+        deadline = time.monotonic() + 30
+        while (await _progress(client, account, batch_id))["counts"]["processing"] < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        # What the cancel endpoint writes before it calls Temporal, and nothing more.
+        await system_pool.execute(
+            "UPDATE batches SET cancel_requested_at = now() WHERE id = $1::uuid", batch_id
+        )
+        done = await _wait_batch(client, account, batch_id, timeout=40)
+    assert done["status"] == "cancelled"
+    assert done["counts"]["cancelled"] == 6 and done["credits_refunded"] == 6

@@ -151,9 +151,9 @@ def _kill_a_worker_and_see_it_back(stack_: DevStack) -> None:
     assert "worker exited with -9; restarting it" in stack_.out.read_text()
 
 
-def _readme_commands() -> str:
+def _readme_commands(heading: str = "## Try it") -> str:
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Try it", 1)[1]
+    section = text.split(f"\n{heading}\n", 1)[1]
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
 
 
@@ -212,7 +212,25 @@ def test_make_run_serves_the_readme_commands_and_stops_on_a_signal():
                 0
             ].items()
 
+            # The README's batch lines: a batch accepted with its rejects, then followed.
+            script = f'{first.exports}\n{_readme_commands("## Batches")}\necho "B=$BATCH_ID"\n'
+            ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+            assert ran.returncode == 0, ran.stderr
+            body, _, tail = ran.stdout.rpartition("B=")
+            batch_progress, failed_items = _json_values(body)
+            assert batch_progress["batch_id"] == tail.strip() and batch_progress["total"] == 3
+            # Listed before or after notfound_x failed: only it can be there.
+            assert {i["username"] for i in failed_items["data"]} <= {"notfound_x"}
+
             with httpx.Client(base_url=first.api, timeout=30) as api:
+                batch = f"/api/leads/analyze/bulk/{tail.strip()}/progress"
+                deadline = time.monotonic() + 60
+                while (done := api.get(batch, headers=first.headers).json())["status"] != (
+                    "complete"
+                ):
+                    assert time.monotonic() < deadline, done
+                    time.sleep(0.2)
+                assert (done["counts"]["complete"], done["counts"]["failed"]) == (2, 1)
                 assert api.head("/health").status_code == 200
                 docs = api.get("/docs")
                 assert docs.status_code == 200 and "cdn" not in docs.text.lower()

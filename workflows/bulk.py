@@ -61,8 +61,13 @@ T = TypeVar("T")
 
 ACCOUNT_ID = SearchAttributeKey.for_keyword("AccountId")
 
-# How often items carried over continue-as-new are looked up while in flight.
+# How often items carried over continue-as-new are looked up while in flight: at first, and
+# at most (the pause doubles while none ends, so a long wait adds few history events).
 CARRIED_POLL = timedelta(seconds=2)
+CARRIED_POLL_MAX = timedelta(seconds=30)
+# How often the batch's cancel flag is read (the API sets it before asking Temporal, which it
+# may not reach): while items are being started, and while waiting for room.
+FLAG_CHECK = timedelta(seconds=10)
 # Items read from the database at a time.
 READ_AHEAD = 200
 
@@ -95,9 +100,10 @@ class BulkAnalysisWorkflow:
         self._started = input.started
         self._mine: dict[UUID, asyncio.Task[None]] = {}  # started by this run
         self._carried: set[UUID] = set(input.in_flight)  # started by an earlier run
-        self._finished_here = 0
         self._queue: list[BatchItem] = []
         self._exhausted = False
+        self._flag_checked_at = workflow.now()
+        self._poll = CARRIED_POLL
 
     @workflow.run
     async def run(self, input: BulkInput) -> BulkOutcome:
@@ -127,8 +133,7 @@ class BulkAnalysisWorkflow:
                     min(input.window - self._in_flight, input.page_size - started_here)
                 )
                 if items is None:  # flagged, and Temporal's cancel has not come (yet)
-                    await _shielded(self._cancel(input))
-                    return BulkOutcome(batch_id=input.batch_id, status=BatchStatus.cancelled)
+                    return await self._cancel_flagged(input)
                 if not items:
                     break
                 # Starts are not interrupted half-way by a cancel (an item whose start was
@@ -137,12 +142,13 @@ class BulkAnalysisWorkflow:
                 started_here += len(items)
             if self._exhausted and not self._queue and self._in_flight == 0:
                 break
-            if started_here >= input.page_size or workflow.info().is_continue_as_new_suggested():
-                if self._exhausted and not self._queue:
-                    pass  # nothing left to start: let the last items drain here
-                else:
-                    self._continue_as_new(input)
-            await self._wait_for_room(input)
+            left_to_start = not (self._exhausted and not self._queue)
+            if workflow.info().is_continue_as_new_suggested() or (
+                started_here >= input.page_size and left_to_start
+            ):
+                self._continue_as_new(input)
+            if not await self._wait_for_room(input, check_flag=True):
+                return await self._cancel_flagged(input)
         await self._local(
             BatchActivities.finish_batch,
             FinishBatchInput(batch_id=input.batch_id, status=BatchStatus.complete),
@@ -166,10 +172,13 @@ class BulkAnalysisWorkflow:
                 ),
                 "read next items",
             )
+            self._flag_checked_at = workflow.now()
             if page.cancel_requested:
                 return None
             self._queue = page.items
             self._exhausted = len(page.items) < READ_AHEAD
+        elif self._queue and self._flag_due() and await self._flagged():
+            return None
         taken, self._queue = self._queue[:wanted], self._queue[wanted:]
         return taken
 
@@ -213,25 +222,48 @@ class BulkAnalysisWorkflow:
                 pass
             finally:
                 self._mine.pop(item.run_id, None)
-                self._finished_here += 1
 
         self._mine[item.run_id] = asyncio.create_task(follow())
 
-    async def _wait_for_room(self, input: BulkInput) -> None:
-        """Until an item ends and makes room in the window (or the last ones end)."""
+    async def _wait_for_room(self, input: BulkInput, *, check_flag: bool = False) -> bool:
+        """Until an item ends and makes room in the window (or the last ones end), looking
+        up the items carried over and the cancel flag now and then; False when the batch
+        was found flagged for cancellation."""
         before = self._in_flight
-        if not self._carried:
-            await workflow.wait_condition(lambda: self._in_flight < before)
-            return
+        timeout = self._poll if self._carried else FLAG_CHECK if check_flag else None
         try:
-            await workflow.wait_condition(lambda: self._in_flight < before, timeout=CARRIED_POLL)
+            await workflow.wait_condition(lambda: self._in_flight < before, timeout=timeout)
+            self._poll = CARRIED_POLL
         except TimeoutError:
-            still = await self._local(
-                BatchActivities.unfinished,
-                UnfinishedInput(run_ids=sorted(self._carried)),
-                "items carried over still in flight",
-            )
-            self._carried = set(still.run_ids)
+            if self._carried:
+                still = await self._local(
+                    BatchActivities.unfinished,
+                    UnfinishedInput(run_ids=sorted(self._carried)),
+                    "items carried over still in flight",
+                )
+                if len(still.run_ids) < len(self._carried):
+                    self._poll = CARRIED_POLL
+                else:
+                    self._poll = min(self._poll * 2, CARRIED_POLL_MAX)
+                self._carried = set(still.run_ids)
+        return not (check_flag and self._flag_due() and await self._flagged())
+
+    def _flag_due(self) -> bool:
+        return workflow.now() - self._flag_checked_at >= FLAG_CHECK
+
+    async def _flagged(self) -> bool:
+        self._flag_checked_at = workflow.now()
+        flagged: bool = await self._local(
+            BatchActivities.cancel_requested,
+            BatchRef(batch_id=self._input.batch_id),
+            "read the cancel flag",
+        )
+        return flagged
+
+    async def _cancel_flagged(self, input: BulkInput) -> BulkOutcome:
+        """Flagged by the API, which could not reach Temporal: cancelled as if it had."""
+        await _shielded(self._cancel(input))
+        return BulkOutcome(batch_id=input.batch_id, status=BatchStatus.cancelled)
 
     def _continue_as_new(self, input: BulkInput) -> None:
         carried = sorted(self._carried | set(self._mine))

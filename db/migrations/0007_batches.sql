@@ -105,6 +105,9 @@ BEGIN
         RAISE EXCEPTION 'what a batch is (%) never changes', array_to_string(changed, ', ')
             USING ERRCODE = 'check_violation';
     END IF;
+    IF changed <@ ARRAY['requested_by', 'updated_at'] AND NEW.requested_by IS NULL THEN
+        RETURN NEW;  -- the member who asked for it left the account
+    END IF;
     IF 'idempotency_key' = ANY(changed) AND NOT (
         OLD.status = 'pending' AND NEW.status = 'failed' AND NEW.idempotency_key IS NULL) THEN
         RAISE EXCEPTION 'a batch gives its idempotency key back only when it failed to start'
@@ -162,6 +165,16 @@ BEGIN
         IF NEW.status <> 'pending' OR NEW.credits_charged <> 0 OR NEW.result IS NOT NULL
            OR NEW.finished_at IS NOT NULL OR NEW.lead_id IS NOT NULL THEN
             RAISE EXCEPTION 'a run starts pending, uncharged and without a result'
+                USING ERRCODE = 'check_violation';
+        END IF;
+        -- An item joins its batch as the batch is accepted, never once it is paid.
+        IF NEW.batch_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM public.batches b
+            WHERE b.id = NEW.batch_id AND b.status = 'pending'
+              AND NEW.batch_position < b.total AND NEW.credits_cost = b.credits_cost
+              AND NEW.analysis_type = b.analysis_type
+              AND NEW.business_profile_id = b.business_profile_id) THEN
+            RAISE EXCEPTION 'run % cannot join batch %', NEW.id, NEW.batch_id
                 USING ERRCODE = 'check_violation';
         END IF;
         RETURN NEW;
