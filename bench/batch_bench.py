@@ -78,6 +78,28 @@ def rss_mb(dev_pid: int) -> dict[str, float]:
     return found
 
 
+def cpu_seconds(dev_pid: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part of the stack: workers, API,
+    Temporal server, simulators, PostgreSQL (its server runs detached, found by name)."""
+    used: dict[str, float] = {}
+    procs = psutil.Process(dev_pid).children(recursive=True)
+    procs += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+    for proc in procs:
+        try:
+            cmd = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        if proc.name() == "postgres":
+            role = "postgres"
+        elif "temporal" in cmd and "server" in cmd:
+            role = "temporal"
+        else:
+            role = next((r for r in ("worker", "api", "simulate") if f" {r}" in cmd), "other")
+        used[role] = used.get(role, 0.0) + times.user + times.system
+    return used
+
+
 async def start_batch(
     api: httpx.AsyncClient, account: dict[str, str], usernames: list[str]
 ) -> tuple[str, float]:
@@ -229,6 +251,7 @@ async def scale(env: dict[str, str], dev_pid: int, args: argparse.Namespace) -> 
         )
         await wait_batch(api, account, warm, every=0.2)
         memory_start = rss_mb(dev_pid)
+        cpu_start = cpu_seconds(dev_pid)
         tag = uuid4().hex[:6]
         batch_id, post_s = await start_batch(
             api, account, [f"s{tag}_{i}" for i in range(args.items)]
@@ -252,6 +275,7 @@ async def scale(env: dict[str, str], dev_pid: int, args: argparse.Namespace) -> 
                     peak[name] = max(peak.get(name, 0.0), mb)
             await asyncio.sleep(0.05)
         memory_end = rss_mb(dev_pid)
+        cpu_end = cpu_seconds(dev_pid)
     run_s = (
         datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
     ).total_seconds()
@@ -265,6 +289,11 @@ async def scale(env: dict[str, str], dev_pid: int, args: argparse.Namespace) -> 
         "counts": done["counts"],
         "batch_s": round(total_s, 1),
         "analyses_per_s": round(args.items / run_s, 1),
+        # CPU milliseconds per analysis, by part of the stack (all on this one machine).
+        "cpu_ms_per_analysis": {
+            role: round((cpu_end[role] - cpu_start.get(role, 0.0)) * 1000 / args.items, 1)
+            for role in sorted(cpu_end)
+        },
         "memory_mb_start": memory_start,
         "memory_mb_peak": peak,
         "memory_mb_end": memory_end,

@@ -147,27 +147,33 @@ async def page(
 
 @dataclass(frozen=True)
 class Tally:
+    batch: asyncpg.Record
     counts: dict[str, int]
     charged: int
     refunded: int
 
 
-async def tally(conn: Connection, batch_id: UUID) -> Tally:
-    """The items counted by status, and the credits charged and refunded so far (the caller
-    reads them in one transaction)."""
-    rows = await conn.fetch(
-        "SELECT status, count(*) AS n FROM analyses WHERE batch_id = $1 GROUP BY status",
+async def tally(conn: Connection, batch_id: UUID) -> Tally | None:
+    """The batch, its items counted by status (kept by triggers: one short read however
+    many items) and the credits charged and refunded so far, in one statement; None when
+    there is no such batch."""
+    row = await conn.fetchrow(
+        f"""SELECT {_BATCH_COLUMNS},
+                   (SELECT coalesce(jsonb_object_agg(c.status, c.items), '{{}}')
+                    FROM batch_counts c WHERE c.batch_id = b.id) AS counts,
+                   (SELECT coalesce(-sum(l.delta), 0) FROM credit_ledger l
+                    WHERE l.batch_id = b.id AND l.kind = 'charge') AS charged,
+                   (SELECT coalesce(sum(l.delta), 0) FROM credit_ledger l
+                    WHERE l.batch_id = b.id AND l.kind = 'refund') AS refunded
+            FROM batches b WHERE b.id = $1""",
         batch_id,
     )
-    money = await conn.fetchrow(
-        """SELECT coalesce(-sum(delta) FILTER (WHERE kind = 'charge'), 0) AS charged,
-                  coalesce(sum(delta) FILTER (WHERE kind = 'refund'), 0) AS refunded
-           FROM credit_ledger WHERE batch_id = $1""",
-        batch_id,
+    if row is None:
+        return None
+    counts = dict.fromkeys(ITEM_STATUSES, 0) | {k: int(v) for k, v in row["counts"].items()}
+    return Tally(
+        batch=row, counts=counts, charged=int(row["charged"]), refunded=int(row["refunded"])
     )
-    assert money is not None
-    counts = dict.fromkeys(ITEM_STATUSES, 0) | {row["status"]: row["n"] for row in rows}
-    return Tally(counts=counts, charged=int(money["charged"]), refunded=int(money["refunded"]))
 
 
 async def items_page(
@@ -175,7 +181,7 @@ async def items_page(
 ) -> tuple[int, list[asyncpg.Record]]:
     """A batch's items in their order; the score and summary once complete."""
     total = await conn.fetchval(
-        """SELECT count(*) FROM analyses
+        """SELECT coalesce(sum(items), 0) FROM batch_counts
            WHERE batch_id = $1 AND ($2::text IS NULL OR status = $2)""",
         batch_id,
         status,

@@ -414,6 +414,17 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
                               WHERE c.batch_id = a.batch_id AND c.kind = 'charge'
                                 AND c.run_id IS NULL)
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
+        "batch item counts differ from its items": """
+            SELECT coalesce(a.batch_id, c.batch_id)::text AS subject,
+                   coalesce(a.status, c.status) || ' ' || coalesce(c.items, 0) || ' vs '
+                   || coalesce(a.n, 0) AS detail
+            FROM (SELECT batch_id, status, count(*) AS n FROM analyses
+                  WHERE batch_id IS NOT NULL AND ($1::uuid IS NULL OR account_id = $1)
+                  GROUP BY batch_id, status) a
+            FULL JOIN (SELECT * FROM batch_counts
+                       WHERE $1::uuid IS NULL OR account_id = $1) c
+                   ON c.batch_id = a.batch_id AND c.status = a.status
+            WHERE coalesce(c.items, 0) <> coalesce(a.n, 0)""",
         "batch finished with items in flight": """
             SELECT b.id::text AS subject, b.status || ', ' || count(*) || ' in flight' AS detail
             FROM batches b JOIN analyses a ON a.batch_id = b.id

@@ -200,11 +200,10 @@ def _summary(row: asyncpg.Record) -> BatchSummary:
 async def get_batch_progress(batch_id: BatchId, scope: Tenant) -> BatchProgress:
     """Answered from the database alone, so it works with no worker running."""
     async with scope.transaction() as conn:
-        row = await batches.get(conn, batch_id)
-        if row is None:
-            raise NotFound("No such batch.", code="batch_not_found")
         tally = await batches.tally(conn, batch_id)
-    counts = tally.counts
+    if tally is None:
+        raise NotFound("No such batch.", code="batch_not_found")
+    row, counts = tally.batch, tally.counts
     ended = counts["complete"] + counts["failed"] + counts["cancelled"]
     total = row["total"]
     rate: float | None = None
