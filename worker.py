@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import openai
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.ai import AIActivities
 from activities.batches import BatchActivities
@@ -99,6 +100,11 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         separate_scrape_queue = settings.scrape_queue != settings.task_queue
         if not separate_scrape_queue:
             activities.append(scrape.scrape_profile)
+        # The sandbox re-imports each workflow's module for every new run: the largest share
+        # of a worker's CPU per analysis. Replay tests guard determinism either way.
+        runner: WorkflowRunner = (
+            SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+        )
         workers = [
             Worker(
                 client,
@@ -106,6 +112,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 workflows=[AnalysisWorkflow, BulkAnalysisWorkflow],
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),
+                workflow_runner=runner,
             )
         ]
         if separate_scrape_queue:

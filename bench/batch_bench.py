@@ -319,9 +319,16 @@ def main() -> None:
     s = sub.add_parser("scale", help="a big batch on zero-latency providers")
     s.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--worker-processes", type=int, default=0, help="0: the stack's default")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for the stack, e.g. WORKFLOW_SANDBOX=false",
+    )
     args = parser.parse_args()
 
     extra = {"WORKER_PROCESSES": str(args.worker_processes)} if args.worker_processes else {}
+    extra |= dict(pair.split("=", 1) for pair in args.env)
     if args.scenario == "bound":
         extra |= {
             "SIM_APIFY_LATENCY_MS": str(args.latency_ms),
@@ -337,6 +344,7 @@ def main() -> None:
             {
                 "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                 "scenario": args.scenario,
+                "env": args.env,
                 **results,
             },
             indent=2,

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     sim_port: int = 8010
     # Worker processes `oslira dev` starts (0: one per CPU). Temporal spreads the work.
     worker_processes: int = 0
+    # Run workflows in Temporal's sandbox (isolated module state, non-deterministic calls
+    # refused). Off saves the per-run re-import of the workflow modules (see README).
+    workflow_sandbox: bool = True
     # Processes `oslira api` serves with (0: one per two CPUs, at least one).
     api_processes: int = Field(default=0, ge=0)
 

@@ -325,21 +325,26 @@ async def end_unstarted(
     status: str,
     code: str,
     message: str,
+    limit: int | None = None,
 ) -> list[UUID]:
     """Ends (`cancelled` or `failed`) the pending items the batch never started, from
-    `from_position` on; their ids. The caller refunds them in the same transaction."""
+    `from_position` on, the first `limit` of them (None: all); their ids. The caller refunds
+    them in the same transaction."""
     rows = await conn.fetch(
         """UPDATE analyses
            SET status = $5, error_code = $3, error_message = $4,
                cancel_requested_at = coalesce(cancel_requested_at, now()),
                finished_at = now(), updated_at = now()
-           WHERE batch_id = $1 AND batch_position >= $2 AND status = 'pending'
+           WHERE id IN (SELECT id FROM analyses
+                        WHERE batch_id = $1 AND batch_position >= $2 AND status = 'pending'
+                        ORDER BY batch_position LIMIT $6)
            RETURNING id""",
         batch_id,
         from_position,
         code,
         message,
         status,
+        limit,
     )
     return [row["id"] for row in rows]
 
