@@ -19,7 +19,6 @@ from uuid import UUID, uuid4
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import runs
@@ -191,27 +190,16 @@ async def _start_workflow(
         window=settings.batch_window,
         page_size=settings.batch_page_size,
     )
-    try:
-        await asyncio.wait_for(
-            temporal.start_workflow(
-                BulkAnalysisWorkflow.run,
-                batch,
-                **bulk_start_options(batch, settings.task_queue),
-                rpc_timeout=timedelta(seconds=settings.temporal_call_timeout_seconds),
-            ),
-            settings.temporal_call_timeout_seconds,
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-    except (Exception, asyncio.CancelledError) as exc:
-        log.error("could not start workflow for batch %s: %r", batch_id, exc)
-        if runs.unreachable(exc):
-            health.server.trip(settings.temporal_unreachable_backoff_seconds)
-        marked = await asyncio.shield(_mark_not_started(scope, batch_id))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        if marked:
-            raise _not_started() from exc
+    await runs.start_workflow(
+        temporal,
+        settings,
+        health,
+        BulkAnalysisWorkflow.run,
+        batch,
+        bulk_start_options(batch, settings.task_queue),
+        give_up=lambda: _mark_not_started(scope, batch_id),
+        unavailable=_not_started,
+    )
 
 
 async def _mark_not_started(scope: TenantScope, batch_id: UUID) -> bool:

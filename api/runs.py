@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -123,12 +125,42 @@ async def start(
             max_pause_seconds=settings.provider_max_pause_seconds,
         ),
     )
+    await start_workflow(
+        temporal,
+        settings,
+        health,
+        AnalysisWorkflow.run,
+        run,
+        start_options(run, settings.task_queue),
+        give_up=lambda: _mark_not_started(scope, run_id),
+        unavailable=_not_started,
+    )
+    return row
+
+
+async def start_workflow(
+    temporal: Client,
+    settings: Settings,
+    health: TemporalHealth,
+    workflow: Any,
+    arg: Any,
+    options: dict[str, Any],
+    *,
+    give_up: Callable[[], Awaitable[bool]],
+    unavailable: Callable[[], Unavailable],
+) -> None:
+    """Starts a workflow, bounded as a whole; a start already made counts as made.
+
+    When the start failed, or its answer was lost, or the request was cancelled meanwhile
+    (the API stopping), `give_up` ends what was accepted unless its workflow did start and
+    charge it (it answers whether it ended it): then `unavailable()` is raised (503).
+    """
     try:
         await asyncio.wait_for(
             temporal.start_workflow(
-                AnalysisWorkflow.run,
-                run,
-                **start_options(run, settings.task_queue),
+                workflow,
+                arg,
+                **options,
                 rpc_timeout=timedelta(seconds=settings.temporal_call_timeout_seconds),
             ),
             settings.temporal_call_timeout_seconds,
@@ -136,17 +168,14 @@ async def start(
     except WorkflowAlreadyStartedError:
         pass
     except (Exception, asyncio.CancelledError) as exc:
-        # The start failed, or its answer was lost, or this request was cancelled meanwhile
-        # (the API stopping): end the run unless its workflow did start and charge it.
-        log.error("could not start workflow for run %s: %r", run_id, exc)
+        log.error("could not start workflow %s: %r", options["id"], exc)
         if unreachable(exc):
             health.server.trip(settings.temporal_unreachable_backoff_seconds)
-        marked = await asyncio.shield(_mark_not_started(scope, run_id))
+        ended = await asyncio.shield(give_up())
         if isinstance(exc, asyncio.CancelledError):
             raise
-        if marked:
-            raise _not_started() from exc
-    return row
+        if ended:
+            raise unavailable() from exc
 
 
 async def _mark_not_started(scope: TenantScope, run_id: UUID) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import uuid4
 
 import pytest
@@ -60,3 +61,45 @@ async def test_text_with_nul_characters_is_refused(api, new_account):
     )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "name"
+
+
+async def test_unstartable_batch_answers_503_charges_nothing_and_frees_its_key(
+    temporal_down, api, new_account, system_pool
+):
+    account = await new_account(credits_granted=5)
+    key = {"Idempotency-Key": uuid4().hex}
+    body = {
+        "usernames": [f"unstartable_{uuid4().hex[:8]}_{i}" for i in range(3)],
+        "analysis_type": "light",
+        "business_profile_id": str(account.business_profile_id),
+    }
+
+    refused = await temporal_down.post(
+        "/api/leads/analyze/bulk", json=body, headers=account.headers | key
+    )
+    assert refused.status_code == 503, refused.text
+    batch = await system_pool.fetchrow(
+        "SELECT id, status, error_code, idempotency_key FROM batches WHERE account_id = $1",
+        account.account_id,
+    )
+    assert (batch["status"], batch["error_code"], batch["idempotency_key"]) == (
+        "failed",
+        "not_started",
+        None,
+    )
+    items = await system_pool.fetch("SELECT status FROM analyses WHERE batch_id = $1", batch["id"])
+    assert [i["status"] for i in items] == ["failed"] * 3
+    # Nothing was charged, and nothing stays promised: the same key starts a new batch
+    # of the same usernames once Temporal is back, and it completes.
+    retried = await api.post("/api/leads/analyze/bulk", json=body, headers=account.headers | key)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["batch_id"] != str(batch["id"]) and retried.json()["total"] == 3
+    progress = f"/api/leads/analyze/bulk/{retried.json()['batch_id']}/progress"
+    for _ in range(300):
+        done = (await api.get(progress, headers=account.headers)).json()
+        if done["status"] == "complete":
+            break
+        await asyncio.sleep(0.1)
+    assert done["counts"]["complete"] == 3 and done["credits_charged"] == 3
+    balance = (await api.get("/api/credits/balance", headers=account.headers)).json()
+    assert balance["balance"] == 2
