@@ -70,6 +70,10 @@ CARRIED_POLL_MAX = timedelta(seconds=30)
 FLAG_CHECK = timedelta(seconds=10)
 # Items read from the database at a time.
 READ_AHEAD = 200
+# Items started together. Fifty children started at once make their first workflow tasks
+# contend on the workers, so the first scrape waits for all of them; in groups, the first
+# group's scrapes start while the next groups are started.
+START_GROUP = 10
 
 
 def bulk_workflow_id(batch_id: UUID) -> str:
@@ -130,7 +134,11 @@ class BulkAnalysisWorkflow:
             self._details(BatchStatus.running)
             while self._in_flight < input.window and started_here < input.page_size:
                 items = await self._take(
-                    min(input.window - self._in_flight, input.page_size - started_here)
+                    min(
+                        input.window - self._in_flight,
+                        input.page_size - started_here,
+                        START_GROUP,
+                    )
                 )
                 if items is None:  # flagged, and Temporal's cancel has not come (yet)
                     return await self._cancel_flagged(input)
