@@ -46,13 +46,29 @@ async def create_pool(
 
 @asynccontextmanager
 async def connection(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIterator[Connection]:
-    """A pooled connection; failing to get one raises DatabaseUnavailable (a connect that
-    is refused, reset or too slow), never a bare OSError or TimeoutError."""
+    """A pooled connection; failing to get one, or losing it on the way, raises
+    DatabaseUnavailable (a connect that is refused, reset or too slow, a server that went
+    away mid-transaction), never a bare OSError or TimeoutError."""
     try:
         conn = await pool.acquire(timeout=timeout)
     except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"no database connection: {exc!r}") from exc
     try:
         yield conn
+    except asyncpg.InterfaceError as exc:
+        # A connection lost mid-transaction surfaces as the transaction's own complaint
+        # ("the underlying connection is closed"), or the pool's, which took the dead
+        # connection back meanwhile, hiding the lost connection behind them.
+        if _lost(conn):
+            raise DatabaseUnavailable(f"the database connection was lost: {exc!r}") from exc
+        raise
     finally:
         await pool.release(conn)
+
+
+def _lost(conn: Connection) -> bool:
+    """Whether `conn` died under us (while we held it, only its loss detaches it)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True  # the pool took the dead connection back already
