@@ -13,7 +13,6 @@ from temporalio import activity
 from activities.common import never_giving_up
 from core.errors import ErrorCode
 from core.models import (
-    BatchItem,
     BatchRef,
     BatchStarted,
     BatchStatus,
@@ -96,9 +95,7 @@ class BatchActivities:
             batch = await batches.get(conn, input.batch_id)
             items = await batches.next_items(conn, input.batch_id, input.from_position, input.limit)
         return NextItems(
-            items=[
-                BatchItem(run_id=i.run_id, username=i.username, position=i.position) for i in items
-            ],
+            items=items,
             cancel_requested=batch is not None and batch["cancel_requested_at"] is not None,
         )
 

@@ -25,7 +25,7 @@ from api import runs
 from api.deps import TemporalHealth, TenantScope
 from api.errors import ApiError, Invalid, NotFound, Unavailable
 from api.schemas import BulkAnalyzeRequest, instagram_handle
-from core.models import BulkInput, ProviderBudget
+from core.models import BulkInput
 from core.progress import Tracker
 from core.settings import Settings
 from core.tiers import Tier
@@ -182,11 +182,7 @@ async def _start_workflow(
         credits_cost=row["credits_cost"],
         total=row["total"],
         scrape_task_queue=settings.scrape_task_queue,
-        provider_budget=ProviderBudget(
-            attempts=settings.provider_attempts,
-            first_pause_seconds=settings.provider_first_pause_seconds,
-            max_pause_seconds=settings.provider_max_pause_seconds,
-        ),
+        provider_budget=runs.provider_budget(settings),
         window=settings.batch_window,
         page_size=settings.batch_page_size,
     )

@@ -119,11 +119,7 @@ async def start(
         credits_cost=cost,
         scrape_task_queue=settings.scrape_task_queue,
         accepted_at=accepted_at,
-        provider_budget=ProviderBudget(
-            attempts=settings.provider_attempts,
-            first_pause_seconds=settings.provider_first_pause_seconds,
-            max_pause_seconds=settings.provider_max_pause_seconds,
-        ),
+        provider_budget=provider_budget(settings),
     )
     await start_workflow(
         temporal,
@@ -136,6 +132,15 @@ async def start(
         unavailable=_not_started,
     )
     return row
+
+
+def provider_budget(settings: Settings) -> ProviderBudget:
+    """The provider budget runs start with (fixed per run, like its cost)."""
+    return ProviderBudget(
+        attempts=settings.provider_attempts,
+        first_pause_seconds=settings.provider_first_pause_seconds,
+        max_pause_seconds=settings.provider_max_pause_seconds,
+    )
 
 
 async def start_workflow(

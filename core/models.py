@@ -246,10 +246,6 @@ class BatchStatus(StrEnum):
     cancelled = "cancelled"
     failed = "failed"
 
-    @property
-    def terminal(self) -> bool:
-        return self in (BatchStatus.complete, BatchStatus.cancelled, BatchStatus.failed)
-
 
 class BulkInput(BaseModel):
     """A batch's workflow: what every item shares, how the window slides, and where the

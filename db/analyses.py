@@ -39,6 +39,13 @@ def steps_from_json(value: dict[str, Any] | None) -> list[StepRecord]:
     return [StepRecord(name=step, **value.get(step.value, {})) for step in Step]
 
 
+def error_of(row: asyncpg.Record) -> RunError | None:
+    """The error a run (or a batch) row records, if any."""
+    if not row["error_code"]:
+        return None
+    return RunError(code=row["error_code"], message=row["error_message"] or "")
+
+
 def progress_of(row: asyncpg.Record) -> Progress:
     """The progress document as the row keeps it."""
     return Progress(
@@ -47,9 +54,7 @@ def progress_of(row: asyncpg.Record) -> Progress:
         progress=row["progress"],
         current_step=row["current_step"],
         steps=steps_from_json(row["steps"]),
-        error=RunError(code=row["error_code"], message=row["error_message"] or "")
-        if row["error_code"]
-        else None,
+        error=error_of(row),
         version=row["progress_version"],
     )
 

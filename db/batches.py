@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from core.models import BatchItem
 from core.progress import Progress
 from db.analyses import steps_json
 from db.pool import Connection
@@ -27,13 +28,6 @@ ITEM_STATUSES = ("pending", "processing", "complete", "failed", "cancelled")
 _BATCH_COLUMNS = """id, account_id, business_profile_id, analysis_type, credits_cost, total,
     rejected, status, idempotency_key, request_hash, cancel_requested_at, error_code,
     error_message, created_at, started_at, finished_at"""
-
-
-@dataclass(frozen=True)
-class Item:
-    run_id: UUID
-    username: str
-    position: int
 
 
 # --- API side (tenant-scoped connection) ----------------------------------------------
@@ -303,7 +297,7 @@ async def fail(conn: Connection, batch_id: UUID, code: str, message: str) -> Non
 
 async def next_items(
     conn: Connection, batch_id: UUID, from_position: int, limit: int
-) -> list[Item]:
+) -> list[BatchItem]:
     """Items not yet started, from `from_position` on, in order (an item ended meanwhile,
     by a cancel before its batch reached it, is passed over)."""
     rows = await conn.fetch(
@@ -314,7 +308,10 @@ async def next_items(
         from_position,
         limit,
     )
-    return [Item(row["id"], row["username"], row["batch_position"]) for row in rows]
+    return [
+        BatchItem(run_id=row["id"], username=row["username"], position=row["batch_position"])
+        for row in rows
+    ]
 
 
 async def end_unstarted(

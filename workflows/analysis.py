@@ -223,7 +223,7 @@ class AnalysisWorkflow:
         analysis = await self._analyse_with_ai(input, charge.business, profile, cost)
 
         self._begin(Step.upsert_lead)
-        saved, cancel_requested = await _shielded(
+        saved, cancel_requested = await shielded(
             self._local(
                 ResultActivities.save_result,
                 SaveResultInput(
@@ -406,7 +406,7 @@ class AnalysisWorkflow:
         self._tracker.stopping(error, cancelled=status is RunStatus.cancelled)
         ended = Tracker(self._tracker.document)
         ended.set_status(status, error)
-        finished, _ = await _shielded(
+        finished, _ = await shielded(
             self._local(
                 CompensationActivities.finish_unsuccessful,
                 FinishInput(progress=ended.document),
@@ -475,7 +475,7 @@ class AnalysisWorkflow:
         )
 
 
-async def _shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
+async def shielded(awaitable: Awaitable[T]) -> tuple[T, bool]:
     """Awaits to the end even if the workflow is cancelled meanwhile.
 
     Returns the result and whether a cancel arrived while waiting.

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         DB_RETRY,
         DB_TIMEOUT,
         AnalysisWorkflow,
+        shielded,
         start_options,
     )
 
@@ -125,7 +126,7 @@ class BulkAnalysisWorkflow:
                     return BulkOutcome(batch_id=input.batch_id, status=started.status)
             return await self._slide(input)
         except asyncio.CancelledError:
-            await _shielded(self._cancel(input))
+            await shielded(self._cancel(input))
             raise
 
     async def _slide(self, input: BulkInput) -> BulkOutcome:
@@ -270,7 +271,7 @@ class BulkAnalysisWorkflow:
 
     async def _cancel_flagged(self, input: BulkInput) -> BulkOutcome:
         """Flagged by the API, which could not reach Temporal: cancelled as if it had."""
-        await _shielded(self._cancel(input))
+        await shielded(self._cancel(input))
         return BulkOutcome(batch_id=input.batch_id, status=BatchStatus.cancelled)
 
     def _continue_as_new(self, input: BulkInput) -> None:
@@ -332,28 +333,7 @@ class BulkAnalysisWorkflow:
 
 async def _unbroken(awaitable: Awaitable[T]) -> T:
     """Runs to the end; a cancel that arrives meanwhile is raised once it has."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            cancelled = True
-    if cancelled:
+    result, cancel_requested = await shielded(awaitable)
+    if cancel_requested:
         raise asyncio.CancelledError()
     return result
-
-
-async def _shielded(awaitable: Any) -> None:
-    """Runs to the end whatever further cancel requests arrive."""
-    task = asyncio.ensure_future(awaitable)
-    while True:
-        try:
-            await asyncio.shield(task)
-            return
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise

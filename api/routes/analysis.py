@@ -25,7 +25,7 @@ from api.schemas import (
     RunSummary,
     instagram_handle,
 )
-from core.progress import Progress, RunError, RunStatus
+from core.progress import Progress, RunStatus
 from core.tiers import Tier
 from db import analyses, leads
 
@@ -164,16 +164,10 @@ def _summary(row: asyncpg.Record) -> RunSummary:
         credits_charged=row["credits_charged"],
         progress=row["progress"],
         current_step=row["current_step"],
-        error=_error(row),
+        error=analyses.error_of(row),
         cancel_requested=row["cancel_requested_at"] is not None,
         finished_at=row["finished_at"],
     )
-
-
-def _error(row: asyncpg.Record) -> RunError | None:
-    if not row["error_code"]:
-        return None
-    return RunError(code=row["error_code"], message=row["error_message"] or "")
 
 
 async def _run(scope: Tenant, run_id: UUID) -> asyncpg.Record:

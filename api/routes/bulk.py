@@ -27,8 +27,8 @@ from api.schemas import (
     Page,
     RejectedUsername,
 )
-from core.progress import RunError, RunStatus
-from db import batches
+from core.progress import RunStatus
+from db import analyses, batches
 
 router = APIRouter(prefix="/api/leads/analyze/bulk", tags=["batches"])
 
@@ -53,12 +53,6 @@ _BATCH_LINKS = {
 def _links(batch_id: UUID) -> dict[str, str]:
     base = f"/api/leads/analyze/bulk/{batch_id}"
     return {"progress": f"{base}/progress", "items": f"{base}/items", "cancel": f"{base}/cancel"}
-
-
-def _error(row: asyncpg.Record) -> RunError | None:
-    if not row["error_code"]:
-        return None
-    return RunError(code=row["error_code"], message=row["error_message"] or "")
 
 
 @router.post(
@@ -183,7 +177,7 @@ def _summary(row: asyncpg.Record) -> BatchSummary:
         total=row["total"],
         credits_cost=row["credits_cost"],
         cancel_requested=row["cancel_requested_at"] is not None,
-        error=_error(row),
+        error=analyses.error_of(row),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
@@ -224,7 +218,7 @@ async def get_batch_progress(batch_id: BatchId, scope: Tenant) -> BatchProgress:
         credits_charged=tally.charged,
         credits_refunded=tally.refunded,
         cancel_requested=row["cancel_requested_at"] is not None,
-        error=_error(row),
+        error=analyses.error_of(row),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
@@ -273,7 +267,7 @@ async def list_batch_items(
                 username=row["username"],
                 run_id=row["id"],
                 status=row["status"],
-                error=_error(row),
+                error=analyses.error_of(row),
                 score=row["score"],
                 summary=row["summary"],
             )
