@@ -130,11 +130,11 @@ class TenantScope:
             yield conn
 
 
-async def _set_tenant(conn: Connection, user_id: UUID | None, account_id: UUID | None) -> None:
+async def _set_tenant(conn: Connection, user_id: UUID | None, account_id: UUID) -> None:
     await conn.execute(
         "SELECT set_config('app.user_id', $1, true), set_config('app.account_id', $2, true)",
         str(user_id) if user_id else "",
-        str(account_id) if account_id else "",
+        str(account_id),
     )
 
 
@@ -162,9 +162,8 @@ async def tenant(
         )
     user_id = caller.user_id
     assert user_id is not None
-    async with connection(pool) as conn, conn.transaction():
-        await _set_tenant(conn, user_id, None)
-        members = await accounts.memberships(conn)
+    async with connection(pool) as conn:
+        members = await accounts.memberships(conn, user_id)
     roles = {m["account_id"]: m["role"] for m in members}
     if x_account_id is not None:
         if x_account_id not in roles:

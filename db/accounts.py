@@ -76,13 +76,10 @@ async def add_member(
     )
 
 
-async def memberships(conn: Connection) -> list[asyncpg.Record]:
-    """The signed-in user's accounts (row level security filters by app.user_id)."""
-    return await conn.fetch(
-        """SELECT m.account_id, m.role FROM account_members m
-           JOIN accounts a ON a.id = m.account_id
-           WHERE a.deleted_at IS NULL ORDER BY m.created_at"""
-    )
+async def memberships(conn: Connection, user_id: UUID) -> list[asyncpg.Record]:
+    """The user's live accounts and role in each, oldest first; one statement, needing no
+    tenant set (a function with its owner's rights, migration 0009)."""
+    return await conn.fetch("SELECT account_id, role FROM user_accounts($1)", user_id)
 
 
 async def email_taken(conn: Connection, email: str) -> bool:
