@@ -130,6 +130,15 @@ class TenantScope:
             yield conn
 
 
+@asynccontextmanager
+async def user_transaction(pool: asyncpg.Pool, user_id: UUID) -> AsyncIterator[Connection]:
+    """A transaction that sees the user's own rows (memberships, their accounts) and no
+    tenant's data: for what a user asks before choosing an account."""
+    async with connection(pool) as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.user_id', $1, true)", str(user_id))
+        yield conn
+
+
 async def _set_tenant(conn: Connection, user_id: UUID | None, account_id: UUID) -> None:
     await conn.execute(
         "SELECT set_config('app.user_id', $1, true), set_config('app.account_id', $2, true)",

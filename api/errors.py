@@ -192,13 +192,16 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method the API documents at this path (the router names only those of the
-    first route it matched, and a path may have several routes)."""
-    methods: set[str] = set()
+    first route it matched, and a path may have several routes). A literal segment wins
+    over a parameter, as in routing: `/api/leads/analyze` is not a lead's id (lead paths
+    take UUIDs only)."""
+    matches: dict[int, set[str]] = {}
     for template, operations in request.app.openapi()["paths"].items():
         pattern, _, _ = compile_path(template)
         if pattern.match(request.url.path):
-            methods |= {method.upper() for method in operations}
-    return sorted(methods)
+            found = matches.setdefault(template.count("{"), set())
+            found |= {method.upper() for method in operations}
+    return sorted(matches[min(matches)]) if matches else []
 
 
 def install(app: FastAPI) -> None:

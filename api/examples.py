@@ -254,3 +254,40 @@ BATCH_ITEM: dict[str, Any] = {
     "score": 82,
     "summary": "A large, engaged audience that matches the offer.",
 }
+
+LEAD_RECORD: dict[str, Any] = LEAD | {
+    "business_profile_id": PROFILE_ID,
+    "score": 72,
+    "analysis_type": "deep",
+    "summary": "A global photography and travel publisher with a huge, engaged audience.",
+    "last_analysis_id": RUN_ID,
+    "last_analyzed_at": FINISHED,
+    "created_at": FINISHED,
+    "updated_at": FINISHED,
+}
+LEAD_DETAIL: dict[str, Any] = LEAD_RECORD | {
+    "latest_analysis": {
+        "run_id": RUN_ID,
+        "analysis_type": "deep",
+        "score": 72,
+        "analysis": RESULT["analysis"],
+        "credits_charged": 3,
+        "finished_at": FINISHED,
+    }
+}
+LEAD_ANALYSIS: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "analysis_type": "deep",
+    "status": "complete",
+    "score": 72,
+    "summary": "A global photography and travel publisher with a huge, engaged audience.",
+    "credits_charged": 3,
+    "created_at": CREATED,
+    "finished_at": FINISHED,
+}
+
+ME: dict[str, Any] = {
+    "user": {"id": "2b7c9e14-6d3f-4a8b-9c1e-5f0a7d2b4c68", "email": "ana@acme.example"},
+    "api_key": None,
+    "accounts": [{"id": ACCOUNT_ID, "name": "Acme Fitness", "role": "owner"}],
+}

@@ -134,6 +134,67 @@ class LeadOut(BaseModel):
     engagement_rate: float | None
 
 
+class LeadSort(StrEnum):
+    last_analyzed_at = "last_analyzed_at"
+    score = "score"
+    followers = "followers"
+
+
+class SortOrder(StrEnum):
+    desc = "desc"
+    asc = "asc"
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+class LeadRecord(LeadOut):
+    """A lead in a list or an export: its profile and its latest analysis in brief."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LEAD_RECORD]})
+
+    business_profile_id: UUID
+    score: int | None = Field(description="The latest analysis's fit score (0-100)")
+    analysis_type: Tier | None = Field(description="The latest analysis's tier")
+    summary: str | None = Field(description="The latest analysis's summary")
+    last_analysis_id: UUID | None
+    last_analyzed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class LatestAnalysis(BaseModel):
+    run_id: UUID
+    analysis_type: Tier
+    score: int | None
+    analysis: dict[str, Any] = Field(description="As GET /api/analysis/{run_id}/result has it")
+    credits_charged: int
+    finished_at: datetime | None
+
+
+class LeadDetail(LeadRecord):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LEAD_DETAIL]})
+
+    latest_analysis: LatestAnalysis | None
+
+
+class LeadAnalysis(BaseModel):
+    """One run in a lead's history."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.LEAD_ANALYSIS]})
+
+    run_id: UUID
+    analysis_type: Tier
+    status: RunStatus
+    score: int | None
+    summary: str | None
+    credits_charged: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
 class ResultResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.RESULT]})
 
@@ -399,3 +460,29 @@ class BatchCancelResponse(BaseModel):
     batch_id: UUID
     status: BatchStatusName
     cancel_requested: bool = True
+
+
+class MeUser(BaseModel):
+    id: UUID
+    email: str | None
+
+
+class MeApiKey(BaseModel):
+    id: UUID
+    name: str
+
+
+class MeAccount(BaseModel):
+    id: UUID
+    name: str
+    role: str = Field(description="owner, admin or member (an API key acts as a member)")
+
+
+class MeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.ME]})
+
+    user: MeUser | None = Field(description="None when an API key calls")
+    api_key: MeApiKey | None = Field(description="The key that calls, if one does")
+    accounts: list[MeAccount] = Field(
+        description="The user's accounts, oldest membership first (an API key: its own)"
+    )

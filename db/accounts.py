@@ -109,3 +109,25 @@ async def overview(conn: Connection) -> list[dict[str, Any]]:
            ORDER BY a.created_at DESC, a.id"""
     )
     return [dict(r) for r in rows]
+
+
+async def user_of(conn: Connection) -> asyncpg.Record | None:
+    """The signed-in user (app.user_id) as the users table has them."""
+    return await conn.fetchrow("SELECT id, email FROM users WHERE id = app_user_id()")
+
+
+async def accounts_of_user(conn: Connection) -> list[asyncpg.Record]:
+    """The signed-in user's live accounts with their role, oldest membership first."""
+    return await conn.fetch(
+        """SELECT a.id, a.name, m.role FROM account_members m
+           JOIN accounts a ON a.id = m.account_id
+           WHERE m.user_id = app_user_id() AND a.deleted_at IS NULL
+           ORDER BY m.created_at, a.id"""
+    )
+
+
+async def tenant_account(conn: Connection) -> asyncpg.Record | None:
+    """The account of the current tenant transaction (app.account_id)."""
+    return await conn.fetchrow(
+        "SELECT id, name FROM accounts WHERE id = app_account_id() AND deleted_at IS NULL"
+    )

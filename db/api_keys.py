@@ -41,6 +41,10 @@ async def page(conn: Connection, *, limit: int, offset: int) -> tuple[int, list[
     return int(total), rows
 
 
+async def get(conn: Connection, key_id: UUID | None) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+
+
 async def revoke(conn: Connection, key_id: UUID) -> bool:
     """False when there is no such key (in this account); revoking twice is harmless."""
     revoked = await conn.fetchval(

@@ -50,3 +50,38 @@ async def page(conn: Connection, *, limit: int, offset: int) -> tuple[int, list[
         offset,
     )
     return int(total), rows
+
+
+async def replace(
+    conn: Connection,
+    profile_id: UUID,
+    *,
+    name: str,
+    description: str,
+    offering: str,
+    target_audience: str,
+) -> asyncpg.Record | None:
+    """Sets every field of a live profile; None when there is none with this id."""
+    return await conn.fetchrow(
+        f"""UPDATE business_profiles
+            SET name = $2, description = $3, offering = $4, target_audience = $5,
+                updated_at = now()
+            WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}""",
+        profile_id,
+        name,
+        description,
+        offering,
+        target_audience,
+    )
+
+
+async def soft_delete(conn: Connection, profile_id: UUID) -> bool:
+    """False when there is no live profile with this id. Its leads and runs stay; runs not
+    yet charged fail at the charge (step 5) and cost nothing."""
+    return bool(
+        await conn.fetchval(
+            """UPDATE business_profiles SET deleted_at = now(), updated_at = now()
+               WHERE id = $1 AND deleted_at IS NULL RETURNING true""",
+            profile_id,
+        )
+    )

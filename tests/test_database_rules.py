@@ -169,6 +169,13 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
     # accounts: the user's own, read-only
     ("accounts", "read own", "SELECT count(*) FROM accounts WHERE id = {a}", 1),
     ("accounts", "read other", "SELECT count(*) FROM accounts WHERE id = {b}", 0),
+    # ... also by the tenant alone (an API key's request has no user)
+    (
+        "accounts",
+        "read other by the membership policy",
+        "SELECT count(*) FROM accounts WHERE id <> {a}",
+        0,
+    ),
     ("accounts", "insert", "INSERT INTO accounts (name) VALUES ('x')", PRIVILEGE),
     ("accounts", "update own", "UPDATE accounts SET name = 'x' WHERE id = {a}", PRIVILEGE),
     ("accounts", "delete own", "DELETE FROM accounts WHERE id = {a}", PRIVILEGE),
@@ -421,6 +428,24 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
     ),
     ("leads", "update own", "UPDATE leads SET last_score = 100 WHERE id = {a_lead}", PRIVILEGE),
     ("leads", "delete own", "DELETE FROM leads WHERE id = {a_lead}", PRIVILEGE),
+    (
+        "leads",
+        "soft-delete own",
+        "UPDATE leads SET deleted_at = now(), updated_at = now() WHERE id = {a_lead}",
+        1,
+    ),
+    (
+        "leads",
+        "soft-delete other",
+        "UPDATE leads SET deleted_at = now() WHERE account_id = {b}",
+        0,
+    ),
+    (
+        "leads",
+        "move own to another account",
+        "UPDATE leads SET account_id = {b} WHERE id = {a_lead}",
+        PRIVILEGE,
+    ),
     # api_keys: the tenant's own, created and revoked, never rewritten or deleted
     ("api_keys", "read other", "SELECT count(*) FROM api_keys WHERE account_id = {b}", 0),
     (
