@@ -75,14 +75,14 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         await slots.start()
         stack.push_async_callback(slots.close)
 
-        credit = CreditActivities(pool)
+        credit = CreditActivities(pool, settings)
         compensation = CompensationActivities(pool)
         profile_cache = PostgresProfileCache(pool)
         cache = CacheActivities(profile_cache, pool, settings)
         scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
-        batch = BatchActivities(pool)
+        batch = BatchActivities(pool, settings)
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,

@@ -24,16 +24,37 @@ from core.models import (
     UnfinishedInput,
     UnfinishedOutput,
 )
-from db import batches, credits
-from db.pool import connection
+from core.settings import Settings
+from core.tiers import Tier
+from db import allowances, batches, credits
+from db.pool import Connection, connection
 
 NEVER_STARTED = "The batch was cancelled before this item started."
 STOP_CHUNK = 1000  # items a cancel ends and refunds per transaction
 
 
 class BatchActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
+        self._settings = settings
+
+    async def _draw(self, conn: Connection, batch: asyncpg.Record) -> int:
+        """Draws the units of the free allowance the API promised the batch's first items,
+        while the allowance lasts (the plan may have changed since); the items left without
+        one are charged credits with the rest. Returns how many items have a unit."""
+        if batch["free_items"] == 0:
+            return 0
+        plan = self._settings.plan(await allowances.account_plan(conn, batch["account_id"]))
+        promised = await batches.promised_free(conn, batch["id"], batch["free_items"])
+        covered = await allowances.draw(
+            conn,
+            account_id=batch["account_id"],
+            month=batch["allowance_month"],
+            action=batch["analysis_type"],
+            allowance=plan.allowances.get(Tier(batch["analysis_type"]), 0),
+            run_ids=promised,
+        )
+        return len(covered)
 
     @activity.defn
     @never_giving_up
@@ -62,12 +83,14 @@ class BatchActivities:
                 await batches.finish(conn, input.batch_id, BatchStatus.cancelled)
                 return BatchStarted(status=BatchStatus.cancelled)
             try:
-                await credits.charge_batch(
-                    conn,
-                    account_id=batch["account_id"],
-                    batch_id=input.batch_id,
-                    amount=batch["total"] * batch["credits_cost"],
-                )
+                free = await self._draw(conn, batch)
+                if free < batch["total"]:  # a batch the allowance covers whole costs nothing
+                    await credits.charge_batch(
+                        conn,
+                        account_id=batch["account_id"],
+                        batch_id=input.batch_id,
+                        amount=(batch["total"] - free) * batch["credits_cost"],
+                    )
             except credits.InsufficientCredits as exc:
                 # The API promised these credits, but a refund may have been reversed by an
                 # operator meanwhile: nothing is charged and nothing runs.

@@ -10,13 +10,34 @@ from activities.common import done_since, expected, now, step_activity
 from core.errors import ErrorCode, business_error
 from core.models import BusinessContext, ChargeInput, ChargeOutput
 from core.progress import IN_FLIGHT, Tracker
-from db import analyses, business_profiles, credits
-from db.pool import connection
+from core.settings import Settings
+from core.tiers import Tier
+from db import allowances, analyses, business_profiles, credits
+from db.pool import Connection, connection
 
 
 class CreditActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
+        self._settings = settings
+
+    async def _draw(self, conn: Connection, run: asyncpg.Record) -> bool:
+        """Draws the unit of a free allowance the API promised the run, if the allowance
+        still has one (the plan may have changed since); False: charge credits instead."""
+        if run["allowance_month"] is None:
+            return False
+        if run["status"] != "pending":  # an earlier attempt committed: a unit or credits
+            return await allowances.drew(conn, run["id"])
+        plan = self._settings.plan(await allowances.account_plan(conn, run["account_id"]))
+        covered = await allowances.draw(
+            conn,
+            account_id=run["account_id"],
+            month=run["allowance_month"],
+            action=run["analysis_type"],
+            allowance=plan.allowances.get(Tier(run["analysis_type"]), 0),
+            run_ids=[run["id"]],
+        )
+        return bool(covered)
 
     @activity.defn
     @step_activity
@@ -41,7 +62,7 @@ class CreditActivities:
                         "the business profile no longer exists",
                     )
                 )
-            if run["batch_id"] is None:
+            if run["batch_id"] is None and not await self._draw(conn, run):
                 try:
                     movement = await credits.charge_run(
                         conn,
@@ -54,6 +75,9 @@ class CreditActivities:
                         business_error(ErrorCode.insufficient_credits, str(exc))
                     ) from exc
                 balance_after = movement.balance_after
+            elif run["batch_id"] is None or await allowances.drew(conn, input.run_id):
+                # Covered by a free allowance (drawn now, or by its batch's charge).
+                balance_after = await credits.balance(conn, input.account_id)
             else:
                 # An item of a batch: paid up front by the batch, which starts its items only
                 # once charged (DESIGN.md section 4).

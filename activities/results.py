@@ -14,7 +14,7 @@ from activities.common import done_since, expected, now, step_activity
 from core.errors import ErrorCode, business_error
 from core.models import SaveResultInput, SaveResultOutput
 from core.progress import IN_FLIGHT, StepDone, Tracker
-from db import analyses, leads
+from db import allowances, analyses, leads
 from db.pool import connection
 
 
@@ -46,6 +46,7 @@ class ResultActivities:
             )
             progress = Tracker(input.progress)
             progress.completed(upserted, saved, completed)
+            free = await allowances.drew(conn, input.run_id)  # charged nothing
             await analyses.complete(
                 conn,
                 progress.document,
@@ -53,7 +54,7 @@ class ResultActivities:
                 result=input.analysis,
                 cost=input.cost.model_dump(mode="json")
                 | {"ai_usd": input.cost.ai_usd, "total_usd": input.cost.total_usd},
-                credits_charged=run["credits_cost"],
+                credits_charged=0 if free else run["credits_cost"],
             )
         return SaveResultOutput(
             lead_id=lead_id, upserted=upserted, saved=saved, completed=completed

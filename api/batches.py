@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -29,7 +29,7 @@ from core.models import BulkInput
 from core.progress import Tracker
 from core.settings import Settings
 from core.tiers import Tier
-from db import batches, business_profiles, credits
+from db import allowances, batches, business_profiles, credits
 from db.pool import Connection
 from workflows.bulk import BulkAnalysisWorkflow, bulk_start_options, bulk_workflow_id
 
@@ -127,16 +127,27 @@ async def _accept(
                     if name in busy
                 ]
                 accepted = [name for name in names.accepted if name not in busy]
+                month, free = await _free_units(
+                    conn, scope.account_id, settings, request.analysis_type, len(accepted)
+                )
+                paid = len(accepted) - free
                 funds = await credits.available(conn, scope.account_id)
-                if funds.credits < cost * len(accepted):
-                    affordable = max(funds.credits, 0) // cost
-                    raise BatchUnaffordable(
+                if funds.credits < cost * paid:
+                    affordable = free + max(funds.credits, 0) // cost
+                    funding = (
                         f"The balance of {funds.balance} credits, less {funds.promised} "
-                        f"promised to runs not yet started, pays for {affordable} of the "
-                        f"{len(accepted)} {request.analysis_type} analyses ({cost} credits each).",
+                        "promised to runs not yet started,"
+                    )
+                    if free:
+                        funding += f" and {free} free analyses left this month"
+                    verb = "pay" if free else "pays"
+                    raise BatchUnaffordable(
+                        f"{funding} {verb} for {affordable} of the {len(accepted)} "
+                        f"{request.analysis_type} analyses ({cost} credits each).",
                         balance=funds.balance,
                         promised=funds.promised,
-                        needed=cost * len(accepted),
+                        free=free,
+                        needed=cost * paid,
                         accepted=len(accepted),
                         affordable=affordable,
                     )
@@ -153,6 +164,8 @@ async def _accept(
                     accepted=Tracker.accepted(batch_id, datetime.now(UTC)).document,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
+                    free_items=free,
+                    allowance_month=month,
                 )
         except asyncpg.UniqueViolationError:
             # The same key, sent twice at once: the other request's batch.
@@ -162,6 +175,20 @@ async def _accept(
                 return earlier
             raise
     return row  # complete at once when every username was rejected
+
+
+async def _free_units(
+    conn: Connection, account_id: UUID, settings: Settings, tier: Tier, wanted: int
+) -> tuple[date | None, int]:
+    """How many of `wanted` items the free allowance of this month still covers, once what
+    is drawn and promised is counted (the caller holds the account's lock)."""
+    plan = settings.plan(await allowances.account_plan(conn, account_id))
+    allowance = plan.allowances.get(tier, 0)
+    if allowance <= 0 or wanted == 0:
+        return None, 0
+    month = await allowances.current_month(conn)
+    left = allowance - await allowances.committed(conn, account_id, month, tier.value)
+    return month, max(0, min(left, wanted))
 
 
 async def _start_workflow(

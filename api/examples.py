@@ -57,6 +57,7 @@ RUN_ACCEPTED: dict[str, Any] = {
     "analysis_type": "deep",
     "business_profile_id": PROFILE_ID,
     "credits_cost": 3,
+    "free": False,
     "created_at": CREATED,
     "links": LINKS,
 }
@@ -79,6 +80,7 @@ RUN_SUMMARY: dict[str, Any] = {
     "analysis_type": "deep",
     "business_profile_id": PROFILE_ID,
     "credits_cost": 3,
+    "free": False,
     "credits_charged": 0,
     "progress": 30,
     "current_step": "scrape_profile",
@@ -153,6 +155,7 @@ LEDGER_ENTRY: dict[str, Any] = {
     "balance_after": 97,
     "kind": "charge",
     "run_id": RUN_ID,
+    "batch_id": None,
     "reference": None,
     "description": "analysis",
     "created_at": CREATED,
@@ -211,6 +214,7 @@ BATCH_ACCEPTED: dict[str, Any] = {
     "duplicates": 1,
     "rejected": [{"username": "not a handle", "code": "invalid_username", "run_id": None}],
     "credits_cost": 1,
+    "free_items": 0,
     "credits_charged": 2,
     "created_at": CREATED,
     "links": BATCH_LINKS,
@@ -290,4 +294,43 @@ ME: dict[str, Any] = {
     "user": {"id": "2b7c9e14-6d3f-4a8b-9c1e-5f0a7d2b4c68", "email": "ana@acme.example"},
     "api_key": None,
     "accounts": [{"id": ACCOUNT_ID, "name": "Acme Fitness", "role": "owner"}],
+}
+
+PRICING: dict[str, Any] = {
+    "tiers": [
+        {"analysis_type": "light", "credits": 1},
+        {"analysis_type": "deep", "credits": 3},
+        {"analysis_type": "xray", "credits": 5},
+    ],
+    "plans": [
+        {
+            "id": "free",
+            "name": "Free",
+            "allowances": {"light": 10},
+            "analyses_per_hour": 100,
+            "requests_per_minute": 600,
+            "monthly_credits": 0,
+        }
+    ],
+}
+USAGE: dict[str, Any] = {
+    "month": "2026-11",
+    "plan": "free",
+    "credits_spent": 7,
+    "credits_refunded": 1,
+    "tiers": [
+        {
+            "analysis_type": "light",
+            "runs": 14,
+            "complete": 12,
+            "failed": 1,
+            "cancelled": 0,
+            "in_flight": 1,
+            "credits_spent": 4,
+            "credits_refunded": 1,
+            "allowance": 10,
+            "allowance_used": 10,
+            "allowance_left": 0,
+        }
+    ],
 }

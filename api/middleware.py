@@ -63,6 +63,10 @@ class RequestContextMiddleware:
             )
 
 
+# /api paths anyone may read, with no token: what reads no account's data.
+PUBLIC_PATHS = frozenset({"/api/credits/pricing"})
+
+
 class RequestGateMiddleware:
     """Refuses a request before its body is read when the body is too large (413) or, under
     /api, when it carries no valid bearer token (401).
@@ -100,7 +104,7 @@ class RequestGateMiddleware:
             await response(scope, receive, send)
             return
 
-        if scope["path"].startswith("/api/"):
+        if scope["path"].startswith("/api/") and scope["path"] not in PUBLIC_PATHS:
             try:
                 principal = await self._authenticate(scope, _bearer_token(headers))
             except InvalidToken as exc:

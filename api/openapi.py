@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.errors import error_entry, error_example
+from api.middleware import PUBLIC_PATHS
 
 Schema = dict[str, Any]
 
@@ -56,7 +57,7 @@ def _complete_operation(path: str, method: str, operation: Schema, components: S
                 parameter["example"] = example
 
     answers = operation["responses"]
-    if path.startswith("/api/"):
+    if path.startswith("/api/") and path not in PUBLIC_PATHS:
         common = [401, 503]
         if any(p["name"] == _TENANT_HEADER for p in parameters):
             common += [403, 422]

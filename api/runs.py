@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -34,11 +34,27 @@ from core.models import AnalysisInput, ProviderBudget
 from core.progress import Progress, Tracker
 from core.settings import Settings
 from core.temporal import workflow_id
-from db import analyses, business_profiles, credits
+from core.tiers import Tier
+from db import allowances, analyses, business_profiles, credits
 from db.pool import Connection
 from workflows.analysis import AnalysisWorkflow, start_options
 
 log = logging.getLogger(__name__)
+
+
+async def _free_month(
+    conn: Connection, account_id: UUID, settings: Settings, tier: Tier
+) -> date | None:
+    """The month whose free allowance covers one more run of `tier`, if a unit is left once
+    what is drawn and promised is counted (the caller holds the account's lock)."""
+    plan = settings.plan(await allowances.account_plan(conn, account_id))
+    allowance = plan.allowances.get(tier, 0)
+    if allowance <= 0:
+        return None
+    month = await allowances.current_month(conn)
+    if await allowances.committed(conn, account_id, month, tier.value) >= allowance:
+        return None
+    return month
 
 
 async def start(
@@ -83,6 +99,7 @@ async def start(
                 # then step 4 checks that the balance covers every accepted run, this one
                 # included, before any is charged. The charge (step 5) stays the authority.
                 await credits.lock_promises(conn, scope.account_id)
+                month = await _free_month(conn, scope.account_id, settings, request.analysis_type)
                 row = await analyses.insert_pending(
                     conn,
                     account_id=scope.account_id,
@@ -94,9 +111,10 @@ async def start(
                     progress=Tracker.accepted(run_id, accepted_at).document,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
+                    allowance_month=month,
                 )
                 funds = await credits.available(conn, scope.account_id)
-                if funds.credits < 0:
+                if month is None and funds.credits < 0:
                     raise credits.InsufficientCredits(
                         funds.balance, cost, promised=funds.promised - cost
                     )

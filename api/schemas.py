@@ -77,6 +77,10 @@ class RunAccepted(BaseModel):
     analysis_type: Tier
     business_profile_id: UUID
     credits_cost: int
+    free: bool = Field(
+        description="Covered by this month's free allowance of the account's plan: charges "
+        "nothing (credits instead, should the allowance be spent before it starts)"
+    )
     created_at: datetime
     links: dict[str, str]
 
@@ -231,6 +235,7 @@ class LedgerEntry(BaseModel):
     balance_after: int
     kind: str
     run_id: UUID | None
+    batch_id: UUID | None
     reference: str | None
     description: str
     created_at: datetime
@@ -386,9 +391,13 @@ class BatchAccepted(BaseModel):
     duplicates: int = Field(description="Repeated usernames collapsed into one item")
     rejected: list[RejectedUsername]
     credits_cost: int = Field(description="Per item")
+    free_items: int = Field(
+        description="Items covered by this month's free allowance (the first ones): they "
+        "charge nothing"
+    )
     credits_charged: int = Field(
         description=(
-            "What the batch is charged, up front, for all its items: held for it from this "
+            "What the batch is charged, up front, for its other items: held for it from this "
             "answer on, taken from the balance when its workflow starts"
         )
     )
@@ -486,3 +495,57 @@ class MeResponse(BaseModel):
     accounts: list[MeAccount] = Field(
         description="The user's accounts, oldest membership first (an API key: its own)"
     )
+
+
+class LedgerKind(StrEnum):
+    purchase = "purchase"
+    grant = "grant"
+    renewal = "renewal"
+    charge = "charge"
+    refund = "refund"
+    adjustment = "adjustment"
+
+
+class TierPrice(BaseModel):
+    analysis_type: Tier
+    credits: int = Field(description="What one analysis of this tier costs")
+
+
+class PlanOut(BaseModel):
+    id: str = Field(description="The plan's name in accounts and configuration")
+    name: str
+    allowances: dict[Tier, int] = Field(description="Free analyses a month (UTC) per tier")
+    analyses_per_hour: int
+    requests_per_minute: int
+    monthly_credits: int
+
+
+class PricingResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.PRICING]})
+
+    tiers: list[TierPrice]
+    plans: list[PlanOut]
+
+
+class TierUsageOut(BaseModel):
+    analysis_type: Tier
+    runs: int = Field(description="Runs accepted in the month")
+    complete: int
+    failed: int
+    cancelled: int
+    in_flight: int
+    credits_spent: int = Field(description="Charged in the month (a batch's charge included)")
+    credits_refunded: int
+    allowance: int = Field(description="Free analyses a month on the account's plan")
+    allowance_used: int = Field(description="Units of the month drawn and kept")
+    allowance_left: int
+
+
+class UsageResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.USAGE]})
+
+    month: str = Field(examples=["2026-11"])
+    plan: str
+    credits_spent: int
+    credits_refunded: int
+    tiers: list[TierUsageOut]

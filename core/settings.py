@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,49 @@ DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
     "gpt-5-nano": ModelPrice(input=0.05, cached_input=0.005, output=0.40),
     "gpt-5-mini": ModelPrice(input=0.25, cached_input=0.025, output=2.00),
     "gpt-5": ModelPrice(input=1.25, cached_input=0.125, output=10.00),
+}
+
+
+PLAN_NAME = r"^[a-z0-9_-]{1,40}$"  # as the accounts table's CHECK has it
+FREE_PLAN = "free"  # every account's plan until billing says otherwise
+
+
+class Plan(BaseModel):
+    """What a plan gives: free analyses each month per tier (the allowance), and its rate
+    limits. Configured with PLANS (JSON), not code."""
+
+    name: str = Field(min_length=1, description="As shown to users")
+    allowances: dict[Tier, int] = Field(
+        default_factory=dict, description="Free analyses a month (UTC) per tier"
+    )
+    analyses_per_hour: int = Field(default=100, ge=1, description="Analyses started per hour")
+    requests_per_minute: int = Field(default=600, ge=1, description="Other API calls per minute")
+    monthly_credits: int = Field(default=0, ge=0, description="Credits granted each period")
+
+    @field_validator("allowances")
+    @classmethod
+    def _not_negative(cls, allowances: dict[Tier, int]) -> dict[Tier, int]:
+        if any(units < 0 for units in allowances.values()):
+            raise ValueError("an allowance cannot be negative")
+        return allowances
+
+
+DEFAULT_PLANS: dict[str, Plan] = {
+    FREE_PLAN: Plan(name="Free", allowances={Tier.light: 10}),
+    "pro": Plan(
+        name="Pro",
+        allowances={Tier.light: 100, Tier.deep: 20},
+        analyses_per_hour=1_000,
+        requests_per_minute=1_200,
+        monthly_credits=500,
+    ),
+    "business": Plan(
+        name="Business",
+        allowances={Tier.light: 500, Tier.deep: 100, Tier.xray: 20},
+        analyses_per_hour=5_000,
+        requests_per_minute=3_000,
+        monthly_credits=2_500,
+    ),
 }
 
 
@@ -144,6 +188,8 @@ class Settings(BaseSettings):
     cache_ttl_hours_light: float = 24
     cache_ttl_hours_deep: float = 12
     cache_ttl_hours_xray: float = 6
+    # Plans by name (accounts.plan), as JSON in PLANS: allowances and rate limits.
+    plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
 
     # The provider budget of each scrape and each AI call (README: "How an analysis runs").
     provider_attempts: int = Field(default=8, ge=1)
@@ -177,6 +223,16 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SECRET is a published value: anyone can sign with it")
         return secret
 
+    @field_validator("plans")
+    @classmethod
+    def _plans_named(cls, plans: dict[str, Plan]) -> dict[str, Plan]:
+        if FREE_PLAN not in plans:
+            raise ValueError(f"PLANS must define the {FREE_PLAN!r} plan (the default)")
+        for name in plans:
+            if not re.fullmatch(PLAN_NAME, name):
+                raise ValueError(f"plan names match {PLAN_NAME}: {name!r} does not")
+        return plans
+
     @model_validator(mode="after")
     def _refuse_missing_services(self) -> Settings:
         if self.environment == "production":
@@ -199,6 +255,10 @@ class Settings(BaseSettings):
     @property
     def uses_apify_simulator(self) -> bool:
         return self.apify_token is None
+
+    def plan(self, name: str) -> Plan:
+        """An account's plan; one no longer configured counts as the free plan."""
+        return self.plans.get(name) or self.plans[FREE_PLAN]
 
     def credits_for(self, tier: Tier) -> int:
         return int(getattr(self, f"credits_{tier.value}"))

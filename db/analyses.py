@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 from uuid import UUID
 
@@ -27,7 +28,8 @@ IN_FLIGHT_SQL = "status IN ('pending', 'processing')"
 _RUN_COLUMNS = """id, account_id, business_profile_id, username, analysis_type, credits_cost,
     status, progress, current_step, steps, error_code, error_message, idempotency_key,
     request_hash, cancel_requested_at, lead_id, result, cost, credits_charged,
-    created_at, updated_at, finished_at, progress_version, batch_id, batch_position"""
+    created_at, updated_at, finished_at, progress_version, batch_id, batch_position,
+    allowance_month"""
 
 
 def steps_json(steps: list[StepRecord]) -> dict[str, Any]:
@@ -74,14 +76,16 @@ async def insert_pending(
     progress: Progress,
     idempotency_key: str | None,
     request_hash: str,
+    allowance_month: date | None = None,
 ) -> asyncpg.Record:
-    """The new run's row. Raises UniqueViolationError on `analyses_one_in_flight` (the same
-    username in flight) or `analyses_idempotency_key` (the key was used)."""
+    """The new run's row; `allowance_month` when a free allowance covers it. Raises
+    UniqueViolationError on `analyses_one_in_flight` (the same username in flight) or
+    `analyses_idempotency_key` (the key was used)."""
     row = await conn.fetchrow(
         f"""INSERT INTO analyses (id, account_id, business_profile_id, requested_by, username,
                 analysis_type, credits_cost, progress, current_step, steps, idempotency_key,
-                request_hash)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                request_hash, allowance_month)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
             RETURNING {_RUN_COLUMNS}""",
         progress.run_id,
         account_id,
@@ -95,6 +99,7 @@ async def insert_pending(
         steps_json(progress.steps),
         idempotency_key,
         request_hash,
+        allowance_month,
     )
     assert row is not None
     return row

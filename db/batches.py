@@ -12,6 +12,7 @@ item's life, as for a single run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 from uuid import UUID
 
@@ -27,7 +28,7 @@ ITEM_STATUSES = ("pending", "processing", "complete", "failed", "cancelled")
 
 _BATCH_COLUMNS = """id, account_id, business_profile_id, analysis_type, credits_cost, total,
     rejected, status, idempotency_key, request_hash, cancel_requested_at, error_code,
-    error_message, created_at, started_at, finished_at"""
+    error_message, created_at, started_at, finished_at, free_items, allowance_month"""
 
 
 # --- API side (tenant-scoped connection) ----------------------------------------------
@@ -72,17 +73,20 @@ async def insert(
     accepted: Progress,
     idempotency_key: str | None,
     request_hash: str,
+    free_items: int = 0,
+    allowance_month: date | None = None,
 ) -> asyncpg.Record:
     """The batch's row and one pending run per item, in order; `accepted` is the progress
-    document every item starts with (steps 1-4 done). With no items the batch is complete
-    at once. Raises UniqueViolationError when the key was used meanwhile."""
+    document every item starts with (steps 1-4 done). The first `free_items` items are
+    promised to the free allowance of `allowance_month`. With no items the batch is
+    complete at once. Raises UniqueViolationError when the key was used meanwhile."""
     row = await conn.fetchrow(
         f"""INSERT INTO batches (id, account_id, business_profile_id, requested_by,
                 analysis_type, credits_cost, total, rejected, idempotency_key, request_hash,
-                status, finished_at)
+                status, finished_at, free_items, allowance_month)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                     CASE WHEN $7 = 0 THEN 'complete' ELSE 'pending' END,
-                    CASE WHEN $7 = 0 THEN now() END)
+                    CASE WHEN $7 = 0 THEN now() END, $11, $12)
             RETURNING {_BATCH_COLUMNS}""",
         batch_id,
         account_id,
@@ -94,14 +98,16 @@ async def insert(
         rejected,
         idempotency_key,
         request_hash,
+        free_items,
+        allowance_month if free_items else None,
     )
     assert row is not None
     await conn.execute(
         """INSERT INTO analyses (id, account_id, business_profile_id, requested_by, username,
                analysis_type, credits_cost, progress, current_step, steps, batch_id,
-               batch_position)
+               batch_position, allowance_month)
            SELECT item.id, $3, $4, $5, item.username, $6, $7, $8, $9, $10::jsonb, $11,
-                  item.position - 1
+                  item.position - 1, CASE WHEN item.position <= $12 THEN $13::date END
            FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS item (id, username, position)""",
         [run_id for run_id, _ in items],
         [username for _, username in items],
@@ -114,6 +120,8 @@ async def insert(
         accepted.current_step,
         steps_json(accepted.steps),
         batch_id,
+        free_items,
+        allowance_month,
     )
     return row
 
@@ -272,6 +280,17 @@ async def lock(conn: Connection, batch_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1 FOR UPDATE", batch_id
     )
+
+
+async def promised_free(conn: Connection, batch_id: UUID, free_items: int) -> list[UUID]:
+    """The items promised to a free allowance: the first `free_items`, in order."""
+    rows = await conn.fetch(
+        """SELECT id FROM analyses WHERE batch_id = $1 AND batch_position < $2
+           ORDER BY batch_position""",
+        batch_id,
+        free_items,
+    )
+    return [row["id"] for row in rows]
 
 
 async def start(conn: Connection, batch_id: UUID) -> None:

@@ -9,9 +9,12 @@ twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
+from core.tiers import Tier
+from db import allowances
 from db.pool import Connection
 
 
@@ -163,12 +166,17 @@ async def charge_run(conn: Connection, *, account_id: UUID, run_id: UUID, cost: 
 
 
 async def refund_run(conn: Connection, *, account_id: UUID, run_id: UUID) -> Movement | None:
-    """Gives back what the run was charged, once; None when it was never charged.
+    """Gives back what the run was charged, once; None when it was never charged. A run
+    covered by a free allowance gives its unit back instead.
 
     An item of a batch was paid by its batch's charge: once the batch was charged, it gets
     back its own cost.
     """
     await lock_balance(conn, account_id)
+    if await allowances.funded(conn, [run_id]):
+        # Covered by a free allowance: it gets its unit back, and was charged nothing.
+        await allowances.give_back(conn, [run_id])
+        return None
     run = await conn.fetchrow(
         "SELECT batch_id, credits_cost FROM analyses WHERE id = $1 AND account_id = $2",
         run_id,
@@ -225,10 +233,15 @@ async def refund_items(
     conn: Connection, *, account_id: UUID, batch_id: UUID, run_ids: list[UUID], item_cost: int
 ) -> int:
     """Refunds the items of a charged batch that never ran, each once, in one statement per
-    step rather than one movement per item (a cancelled batch may leave thousands). Returns
-    the credits given back."""
+    step rather than one movement per item (a cancelled batch may leave thousands); items
+    covered by a free allowance give their unit back instead. Returns the credits given
+    back."""
     await lock_balance(conn, account_id)
-    if await _existing(conn, batch_charge_key(batch_id)) is None:
+    free = await allowances.funded(conn, run_ids)
+    if free:
+        await allowances.give_back(conn, list(free))
+        run_ids = [r for r in run_ids if r not in free]
+    if not run_ids or await _existing(conn, batch_charge_key(batch_id)) is None:
         return 0
     owed: list[UUID] = [
         row["id"]
@@ -291,14 +304,16 @@ class Available:
 
 async def available(conn: Connection, account_id: UUID) -> Available:
     """The balance less what accepted runs and batches will still charge, read in one
-    snapshot (a run or a batch leaves `pending` in the transaction that charges it)."""
+    snapshot (a run or a batch leaves `pending` in the transaction that charges it). Runs
+    and batch items promised to a free allowance promise no credits."""
     row = await conn.fetchrow(
         """SELECT coalesce((SELECT balance FROM credit_balances WHERE account_id = $1), 0)
                       AS balance,
                   coalesce((SELECT sum(credits_cost) FROM analyses
                             WHERE account_id = $1 AND status = 'pending'
-                              AND cancel_requested_at IS NULL AND batch_id IS NULL), 0)
-                  + coalesce((SELECT sum(total * credits_cost) FROM batches
+                              AND cancel_requested_at IS NULL AND batch_id IS NULL
+                              AND allowance_month IS NULL), 0)
+                  + coalesce((SELECT sum((total - free_items) * credits_cost) FROM batches
                               WHERE account_id = $1 AND status = 'pending'
                                 AND cancel_requested_at IS NULL), 0) AS promised""",
         account_id,
@@ -314,21 +329,113 @@ async def balance(conn: Connection, account_id: UUID) -> int:
     return int(value or 0)
 
 
+LEDGER_KINDS = ("purchase", "grant", "renewal", "charge", "refund", "adjustment")
+
+
+@dataclass(frozen=True)
+class LedgerFilter:
+    """None leaves a filter out; `since` is inclusive, `until` exclusive."""
+
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    run_id: UUID | None = None
+    batch_id: UUID | None = None
+
+
 async def transactions_page(
-    conn: Connection, account_id: UUID, *, limit: int, offset: int
+    conn: Connection,
+    account_id: UUID,
+    *,
+    limit: int,
+    offset: int,
+    where: LedgerFilter = LedgerFilter(),
 ) -> tuple[int, list[dict[str, Any]]]:
-    total = await conn.fetchval(
-        "SELECT count(*) FROM credit_ledger WHERE account_id = $1", account_id
-    )
+    condition = """account_id = $1 AND ($2::text IS NULL OR kind = $2)
+        AND ($3::timestamptz IS NULL OR created_at >= $3)
+        AND ($4::timestamptz IS NULL OR created_at < $4)
+        AND ($5::uuid IS NULL OR run_id = $5) AND ($6::uuid IS NULL OR batch_id = $6)"""
+    args = (account_id, where.kind, where.since, where.until, where.run_id, where.batch_id)
+    total = await conn.fetchval(f"SELECT count(*) FROM credit_ledger WHERE {condition}", *args)
     rows = await conn.fetch(
-        """SELECT id, delta, balance_after, kind, run_id, reference, description, created_at
-           FROM credit_ledger WHERE account_id = $1
-           ORDER BY id DESC LIMIT $2 OFFSET $3""",
-        account_id,
+        f"""SELECT id, delta, balance_after, kind, run_id, batch_id, reference, description,
+                   created_at
+            FROM credit_ledger WHERE {condition}
+            ORDER BY id DESC LIMIT $7 OFFSET $8""",
+        *args,
         limit,
         offset,
     )
     return int(total), [dict(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    runs: int = 0
+    complete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    credits_spent: int = 0
+    credits_refunded: int = 0
+    allowance_used: int = 0
+
+
+async def usage(conn: Connection, month: date) -> dict[str, TierUsage]:
+    """The tenant's month (UTC) by tier: runs accepted in it by where they are now, credits
+    charged and refunded in it (a batch's charge counts for its tier), and units of that
+    month's free allowance kept (drawn and not given back)."""
+    rows = await conn.fetch(
+        """WITH bounds AS (
+               SELECT $1::date::timestamp AT TIME ZONE 'UTC' AS lo,
+                      ($1::date + interval '1 month')::timestamp AT TIME ZONE 'UTC' AS hi),
+           runs AS (
+               SELECT a.analysis_type AS tier, count(*) AS runs,
+                      count(*) FILTER (WHERE a.status = 'complete') AS complete,
+                      count(*) FILTER (WHERE a.status = 'failed') AS failed,
+                      count(*) FILTER (WHERE a.status = 'cancelled') AS cancelled,
+                      count(*) FILTER (WHERE a.status IN ('pending', 'processing')) AS in_flight
+               FROM analyses a, bounds
+               WHERE a.created_at >= bounds.lo AND a.created_at < bounds.hi
+               GROUP BY a.analysis_type),
+           money AS (
+               SELECT coalesce(a.analysis_type, b.analysis_type) AS tier,
+                      coalesce(sum(-l.delta) FILTER (WHERE l.kind = 'charge'), 0) AS spent,
+                      coalesce(sum(l.delta) FILTER (WHERE l.kind = 'refund'), 0) AS refunded
+               FROM credit_ledger l
+               CROSS JOIN bounds
+               LEFT JOIN analyses a ON a.id = l.run_id
+               LEFT JOIN batches b ON b.id = l.batch_id AND l.run_id IS NULL
+               WHERE l.kind IN ('charge', 'refund')
+                 AND l.created_at >= bounds.lo AND l.created_at < bounds.hi
+               GROUP BY 1),
+           units AS (
+               SELECT action AS tier, count(*) FILTER (WHERE returned_at IS NULL) AS used
+               FROM allowance_uses WHERE month = $1 GROUP BY action)
+           SELECT t.tier, coalesce(r.runs, 0) AS runs, coalesce(r.complete, 0) AS complete,
+                  coalesce(r.failed, 0) AS failed, coalesce(r.cancelled, 0) AS cancelled,
+                  coalesce(r.in_flight, 0) AS in_flight, coalesce(m.spent, 0) AS spent,
+                  coalesce(m.refunded, 0) AS refunded, coalesce(u.used, 0) AS used
+           FROM unnest($2::text[]) AS t (tier)
+           LEFT JOIN runs r ON r.tier = t.tier
+           LEFT JOIN money m ON m.tier = t.tier
+           LEFT JOIN units u ON u.tier = t.tier""",
+        month,
+        [tier.value for tier in Tier],
+    )
+    return {
+        row["tier"]: TierUsage(
+            runs=row["runs"],
+            complete=row["complete"],
+            failed=row["failed"],
+            cancelled=row["cancelled"],
+            in_flight=row["in_flight"],
+            credits_spent=int(row["spent"]),
+            credits_refunded=int(row["refunded"]),
+            allowance_used=row["used"],
+        )
+        for row in rows
+    }
 
 
 async def invariant_violations(conn: Connection, account_id: UUID | None = None) -> list[str]:
@@ -356,10 +463,14 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
             WHERE kind = 'charge' AND run_id IS NULL AND ($1::uuid IS NULL OR account_id = $1)
             GROUP BY batch_id HAVING count(*) > 1""",
         "batch charged other than its items' cost": """
-            SELECT b.id::text AS subject, -c.delta || ' vs ' || b.total * b.credits_cost AS detail
+            SELECT b.id::text AS subject,
+                   -c.delta || ' vs ' || (b.total - f.drawn) * b.credits_cost AS detail
             FROM batches b
             JOIN credit_ledger c ON c.batch_id = b.id AND c.kind = 'charge' AND c.run_id IS NULL
-            WHERE -c.delta <> b.total * b.credits_cost
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS drawn FROM allowance_uses u
+                JOIN analyses a ON a.id = u.run_id WHERE a.batch_id = b.id) f
+            WHERE -c.delta <> (b.total - f.drawn) * b.credits_cost
               AND ($1::uuid IS NULL OR b.account_id = $1)""",
         "batch with other than its total of items": """
             SELECT b.id::text AS subject, count(a.id) || ' vs ' || b.total AS detail
@@ -393,6 +504,7 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
                                 AND c.run_id IS NULL))
               AND NOT EXISTS (SELECT 1 FROM credit_ledger r
                               WHERE r.run_id = a.id AND r.kind = 'refund')
+              AND NOT EXISTS (SELECT 1 FROM allowance_uses u WHERE u.run_id = a.id)
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
         "complete run refunded": """
             SELECT a.id::text AS subject, a.status AS detail FROM analyses a
@@ -406,6 +518,7 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
             LEFT JOIN credit_ledger c ON c.run_id = a.id AND c.kind = 'charge'
             WHERE a.status = 'complete' AND a.batch_id IS NULL
               AND coalesce(-c.delta, 0) <> a.credits_cost
+              AND NOT EXISTS (SELECT 1 FROM allowance_uses u WHERE u.run_id = a.id)
               AND ($1::uuid IS NULL OR a.account_id = $1)
             UNION ALL
             SELECT a.id::text, 'item of an uncharged batch' FROM analyses a
@@ -413,7 +526,29 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
               AND NOT EXISTS (SELECT 1 FROM credit_ledger c
                               WHERE c.batch_id = a.batch_id AND c.kind = 'charge'
                                 AND c.run_id IS NULL)
+              AND NOT EXISTS (SELECT 1 FROM allowance_uses u WHERE u.run_id = a.id)
+              AND ($1::uuid IS NULL OR a.account_id = $1)
+            UNION ALL
+            SELECT a.id::text, 'free, but charged ' || a.credits_charged FROM analyses a
+            JOIN allowance_uses u ON u.run_id = a.id
+            WHERE a.status = 'complete' AND a.credits_charged <> 0
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
+        "allowance units drawn beyond the allowance": """
+            SELECT account_id || ' ' || month || ' ' || action AS subject,
+                   count(*) || ' kept vs ' || max(allowance) AS detail
+            FROM allowance_uses
+            WHERE returned_at IS NULL AND ($1::uuid IS NULL OR account_id = $1)
+            GROUP BY account_id, month, action HAVING count(*) > max(allowance)""",
+        "allowance unit kept by a failed or cancelled run, or given back by a complete one": """
+            SELECT a.id::text AS subject, a.status AS detail FROM analyses a
+            JOIN allowance_uses u ON u.run_id = a.id
+            WHERE ((a.status IN ('failed', 'cancelled') AND u.returned_at IS NULL)
+                   OR (a.status = 'complete' AND u.returned_at IS NOT NULL))
+              AND ($1::uuid IS NULL OR a.account_id = $1)""",
+        "run both drew an allowance unit and was charged credits": """
+            SELECT u.run_id::text AS subject, 'charge ' || l.delta AS detail
+            FROM allowance_uses u JOIN credit_ledger l ON l.run_id = u.run_id
+            WHERE l.kind IN ('charge', 'refund') AND ($1::uuid IS NULL OR u.account_id = $1)""",
         "batch item counts differ from its items": """
             SELECT coalesce(a.batch_id, c.batch_id)::text AS subject,
                    coalesce(a.status, c.status) || ' ' || coalesce(c.items, 0) || ' vs '

@@ -86,6 +86,8 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "openai_api_key": "test-key",
         "jwt_secret": JWT_SECRET,
         "db_pool_max": 20,
+        # No free allowance unless a test gives one: runs charge credits.
+        "plans": {"free": {"name": "Free"}},
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]

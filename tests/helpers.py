@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -137,6 +138,9 @@ def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
         "OPENAI_BASE_URL": str(settings.openai_base_url),
         "OPENAI_API_KEY": settings.openai_api_key.get_secret_value(),
         "JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        "PLANS": json.dumps(
+            {name: plan.model_dump(mode="json") for name, plan in settings.plans.items()}
+        ),
         **extra,
     }
 

@@ -170,11 +170,7 @@ async def test_every_filter_and_sort_of_the_list(api, new_account, system_pool):
     assert (beta["analysis_type"], beta["score"], beta["last_analysis_id"]) == ("deep", 90, deep)
     assert beta["summary"]
 
-    bad = await api.get(
-        "/api/leads", params={"min_score": 80, "max_score": 20}, headers=account.headers
-    )
-    assert bad.status_code == 422
-    assert bad.json()["error"]["field"] == "min_score"
+    assert await _names(api, account, min_score=80, max_score=20) == []  # an empty range
     for params, field in (
         ({"sort": "name"}, "sort"),
         ({"min_score": 101}, "min_score"),

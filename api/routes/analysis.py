@@ -62,7 +62,12 @@ def _accepted_fields(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "run_id": row["id"],
         "links": _links(row["id"]),
-        **{name: row[name] for name in RunAccepted.model_fields if name not in ("run_id", "links")},
+        "free": row["allowance_month"] is not None,
+        **{
+            name: row[name]
+            for name in RunAccepted.model_fields
+            if name not in ("run_id", "links", "free")
+        },
     }
 
 

@@ -130,10 +130,12 @@ async def start_batch(
         duplicates=duplicates,
         rejected=[RejectedUsername.model_validate(r) for r in row["rejected"]],
         credits_cost=row["credits_cost"],
-        # Charged up front once it starts; a batch that ended before starting cost nothing.
+        # Charged up front once it starts, but for the items a free allowance covers; a
+        # batch that ended before starting cost nothing.
         credits_charged=0
         if row["started_at"] is None and row["status"] in ("failed", "cancelled")
-        else row["total"] * row["credits_cost"],
+        else (row["total"] - row["free_items"]) * row["credits_cost"],
+        free_items=row["free_items"],
         created_at=row["created_at"],
         links=_links(row["id"]),
     )

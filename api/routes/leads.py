@@ -77,8 +77,8 @@ def lead_filter(
         datetime | None, Query(description="Last analysed before this moment (UTC if no zone)")
     ] = None,
 ) -> LeadFilter:
-    if min_score is not None and max_score is not None and min_score > max_score:
-        raise Invalid("min_score must not be above max_score.", field="min_score")
+    """Bounds are checked one by one; a range that is empty (min_score above max_score)
+    matches nothing."""
     if q is not None and "\x00" in q:
         raise Invalid("q must not contain NUL characters.", field="q")
     return LeadFilter(
