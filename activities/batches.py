@@ -83,14 +83,16 @@ class BatchActivities:
                 await batches.finish(conn, input.batch_id, BatchStatus.cancelled)
                 return BatchStarted(status=BatchStatus.cancelled)
             try:
-                free = await self._draw(conn, batch)
-                if free < batch["total"]:  # a batch the allowance covers whole costs nothing
-                    await credits.charge_batch(
-                        conn,
-                        account_id=batch["account_id"],
-                        batch_id=input.batch_id,
-                        amount=(batch["total"] - free) * batch["credits_cost"],
-                    )
+                # One savepoint: a charge the balance cannot pay gives the units back too.
+                async with conn.transaction():
+                    free = await self._draw(conn, batch)
+                    if free < batch["total"]:  # one the allowance covers whole costs nothing
+                        await credits.charge_batch(
+                            conn,
+                            account_id=batch["account_id"],
+                            batch_id=input.batch_id,
+                            amount=(batch["total"] - free) * batch["credits_cost"],
+                        )
             except credits.InsufficientCredits as exc:
                 # The API promised these credits, but a refund may have been reversed by an
                 # operator meanwhile: nothing is charged and nothing runs.

@@ -26,7 +26,8 @@ class CreditActivities:
         still has one (the plan may have changed since); False: charge credits instead."""
         if run["allowance_month"] is None:
             return False
-        if run["status"] != "pending":  # an earlier attempt committed: a unit or credits
+        if run["status"] != "pending" or await credits.run_charged(conn, run["id"]):
+            # An earlier attempt committed: a unit, or credits.
             return await allowances.drew(conn, run["id"])
         plan = self._settings.plan(await allowances.account_plan(conn, run["account_id"]))
         covered = await allowances.draw(

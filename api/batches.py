@@ -21,7 +21,7 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import runs
+from api import ratelimit, runs
 from api.deps import TemporalHealth, TenantScope
 from api.errors import ApiError, Invalid, NotFound, Unavailable
 from api.schemas import BulkAnalyzeRequest, instagram_handle
@@ -127,6 +127,15 @@ async def _accept(
                     if name in busy
                 ]
                 accepted = [name for name in names.accepted if name not in busy]
+                if accepted:  # a batch counts its items against the hourly limit
+                    await ratelimit.check(
+                        conn,
+                        settings,
+                        scope.account_id,
+                        "analyses",
+                        len(accepted),
+                        scope.rate_limits,
+                    )
                 month, free = await _free_units(
                     conn, scope.account_id, settings, request.analysis_type, len(accepted)
                 )

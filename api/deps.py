@@ -19,11 +19,13 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
+from api import ratelimit
 from api.errors import Forbidden, Invalid, Unauthorized
 from core.auth import InvalidToken, Principal, verify_token
 from core.settings import Settings
 from db import accounts
 from db.pool import Connection, connection
+from db.rate_limits import Verdict
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -114,6 +116,8 @@ class TenantScope:
     role: str
     pool: asyncpg.Pool
     api_key_id: UUID | None = None
+    # This request's rate limit verdicts by family; the response carries their headers.
+    rate_limits: dict[str, Verdict] = field(default_factory=dict)
 
     def require_manager(self) -> None:
         """Managing the account (API keys, billing) takes an owner or admin, signed in."""
@@ -150,6 +154,7 @@ async def _set_tenant(conn: Connection, user_id: UUID | None, account_id: UUID) 
 async def tenant(
     request: Request,
     caller: Caller,
+    settings: SettingsDep,
     x_account_id: Annotated[
         UUID | None,
         Header(
@@ -158,7 +163,21 @@ async def tenant(
         ),
     ] = None,
 ) -> TenantScope:
+    """The account the request acts for, once its call is counted against the account's
+    per-minute rate limit (429 over it), on the connection the account was found with."""
     pool: asyncpg.Pool = request.app.state.pool
+    verdicts: dict[str, Verdict] = {}
+    setattr(request.state, ratelimit.STATE_KEY, verdicts)  # the middleware reads them
+    async with connection(pool) as conn:
+        scope = await _scope(conn, pool, caller, x_account_id)
+        scope.rate_limits = verdicts
+        await ratelimit.check(conn, settings, scope.account_id, "requests", 1, verdicts)
+    return scope
+
+
+async def _scope(
+    conn: Connection, pool: asyncpg.Pool, caller: Principal, x_account_id: UUID | None
+) -> TenantScope:
     if caller.account_id is not None:  # an API key: its account, nothing else
         if x_account_id not in (None, caller.account_id):
             raise Forbidden("This API key acts for another account.", field="X-Account-Id")
@@ -171,8 +190,7 @@ async def tenant(
         )
     user_id = caller.user_id
     assert user_id is not None
-    async with connection(pool) as conn:
-        members = await accounts.memberships(conn, user_id)
+    members = await accounts.memberships(conn, user_id)
     roles = {m["account_id"]: m["role"] for m in members}
     if x_account_id is not None:
         if x_account_id not in roles:

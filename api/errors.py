@@ -58,6 +58,10 @@ class Invalid(ApiError):
     status, code = 422, "validation_error"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "rate_limited"
+
+
 class Unavailable(ApiError):
     status, code, message = 503, "service_unavailable", "A backing service is unavailable."
 
@@ -98,6 +102,12 @@ ERROR_STATUSES: dict[int, tuple[str, str, str]] = {
         "Invalid input; `field` names the field at fault",
         "validation_error",
         "X-Account-Id: Input should be a valid UUID",
+    ),
+    429: (
+        "Over the plan's rate limit (RateLimit-* headers say how much is left and when it "
+        "resets); retry after Retry-After seconds",
+        "rate_limited",
+        "The free plan allows 600 requests a minute. Retry in 12 s.",
     ),
     503: (
         "A backing service (database, Temporal) is unavailable; retry shortly",
@@ -210,6 +220,8 @@ def install(app: FastAPI) -> None:
         response = _envelope(request, exc.status, exc.code, exc.message, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
         return response
 
     @app.exception_handler(credits.InsufficientCredits)

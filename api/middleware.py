@@ -14,6 +14,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import ratelimit
 from api.errors import error_response
 from core.auth import InvalidToken, Principal, is_api_key, verify_token
 from core.settings import Settings
@@ -45,7 +46,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-Id"] = request_id
+                headers.update(
+                    ratelimit.response_headers(scope["state"].get(ratelimit.STATE_KEY, {}))
+                )
             await send(message)
 
         try:

@@ -2,8 +2,8 @@
 
 FastAPI writes it from the routes; this completes what the routes cannot say:
 - the answers any /api operation can give whatever its route: 401 from the request gate,
-  403 and 422 for the account (`X-Account-Id`), 413 for a body over the limit, 503 when the
-  database is down;
+  403 and 422 for the account (`X-Account-Id`), 429 over its rate limit, 413 for a body
+  over the limit, 503 when the database is down;
 - an example on every request body, parameter and response, taken from the schemas' own
   examples (api/examples.py) or composed from their fields';
 - parameters that are absent or a value, never `null` (a header or a query string cannot
@@ -60,7 +60,7 @@ def _complete_operation(path: str, method: str, operation: Schema, components: S
     if path.startswith("/api/") and path not in PUBLIC_PATHS:
         common = [401, 503]
         if any(p["name"] == _TENANT_HEADER for p in parameters):
-            common += [403, 422]
+            common += [403, 422, 429]  # an account's call: counted against its rate limit
         if "requestBody" in operation:
             common += [413, 422]
         for status in common:

@@ -27,6 +27,7 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import ratelimit
 from api.deps import TemporalHealth, TenantScope
 from api.errors import Conflict, NotFound, Unavailable
 from api.schemas import AnalyzeRequest
@@ -99,6 +100,9 @@ async def start(
                 # then step 4 checks that the balance covers every accepted run, this one
                 # included, before any is charged. The charge (step 5) stays the authority.
                 await credits.lock_promises(conn, scope.account_id)
+                await ratelimit.check(
+                    conn, settings, scope.account_id, "analyses", 1, scope.rate_limits
+                )
                 month = await _free_month(conn, scope.account_id, settings, request.analysis_type)
                 row = await analyses.insert_pending(
                     conn,

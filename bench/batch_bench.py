@@ -48,7 +48,18 @@ def percentile(values: list[float], q: float) -> float:
 
 def create_account(env: dict[str, str], credits: int = 1_000_000) -> dict[str, str]:
     created = subprocess.run(
-        [*stack.oslira_command("accounts", "create", "--name", "Bench", "--credits", str(credits))],
+        [
+            *stack.oslira_command(
+                "accounts",
+                "create",
+                "--name",
+                "Bench",
+                "--credits",
+                str(credits),
+                "--plan",
+                "business",  # its hourly limit fits a batch of 10,000
+            )
+        ],
         env={**os.environ, **env},
         check=True,
         capture_output=True,

@@ -119,6 +119,7 @@ def accounts_create(
     token_days: Annotated[
         int, typer.Option(min=1, max=MAX_TOKEN_DAYS, help="How long the token is valid")
     ] = 30,
+    plan: Annotated[str, typer.Option(help="One of the plans in PLANS")] = "free",
 ) -> None:
     """Create an account with an owner and a business profile; print them and a token as JSON."""
     from db import accounts
@@ -127,6 +128,11 @@ def accounts_create(
     checked_email = _email(email)
     settings = settings_or_exit()
     require_secret(settings)  # before anything is written
+    if plan not in settings.plans:
+        raise typer.BadParameter(
+            f"no plan {plan!r}: PLANS has {', '.join(sorted(settings.plans))}",
+            param_hint="--plan",
+        )
     valid_for = timedelta(days=token_days)
 
     async def work(conn: asyncpg.Connection) -> dict[str, str]:
@@ -135,7 +141,7 @@ def accounts_create(
                 raise Refused(f"a user with email {checked_email} already exists")
             try:
                 created = await accounts.create_with_owner(
-                    conn, name=name, credits_granted=credits, email=checked_email
+                    conn, name=name, credits_granted=credits, email=checked_email, plan=plan
                 )
             except asyncpg.UniqueViolationError as exc:  # the same email, created meanwhile
                 raise Refused(f"a user with email {checked_email} already exists") from exc

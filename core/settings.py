@@ -93,8 +93,8 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "business": Plan(
         name="Business",
         allowances={Tier.light: 500, Tier.deep: 100, Tier.xray: 20},
-        analyses_per_hour=5_000,
-        requests_per_minute=3_000,
+        analyses_per_hour=20_000,
+        requests_per_minute=6_000,
         monthly_credits=2_500,
     ),
 }

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from core.settings import FREE_PLAN
 from db import business_profiles, credits
 from db.pool import Connection
 
@@ -26,11 +27,12 @@ async def create_with_owner(
     credits_granted: int,
     email: str | None = None,
     business: dict[str, str] | None = None,
+    plan: str = FREE_PLAN,
 ) -> NewAccount:
     """An account, its owner, a first business profile (named after the account unless
     `business` says otherwise) and an opening grant, in one transaction."""
     async with conn.transaction():
-        account_id = await create_account(conn, name)
+        account_id = await create_account(conn, name, plan)
         user_id = uuid4()
         await ensure_user(conn, user_id, email)
         await add_member(conn, account_id, user_id, "owner")
@@ -49,9 +51,9 @@ async def create_with_owner(
     return NewAccount(account_id=account_id, user_id=user_id, business_profile_id=profile["id"])
 
 
-async def create_account(conn: Connection, name: str) -> UUID:
+async def create_account(conn: Connection, name: str, plan: str = FREE_PLAN) -> UUID:
     account_id: UUID = await conn.fetchval(
-        "INSERT INTO accounts (name) VALUES ($1) RETURNING id", name
+        "INSERT INTO accounts (name, plan) VALUES ($1, $2) RETURNING id", name, plan
     )
     return account_id
 

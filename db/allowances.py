@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import date
 from uuid import UUID
 
+from core.settings import FREE_PLAN
 from db.pool import Connection
 
 
@@ -24,7 +25,7 @@ async def current_month(conn: Connection) -> date:
 
 async def account_plan(conn: Connection, account_id: UUID) -> str:
     plan: str | None = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", account_id)
-    return plan or "free"
+    return plan or FREE_PLAN
 
 
 async def committed(conn: Connection, account_id: UUID, month: date, action: str) -> int:

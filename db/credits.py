@@ -225,6 +225,10 @@ async def charge_batch(
     )
 
 
+async def run_charged(conn: Connection, run_id: UUID) -> bool:
+    return await _existing(conn, charge_key(run_id)) is not None
+
+
 async def batch_charged(conn: Connection, batch_id: UUID) -> bool:
     return await _existing(conn, batch_charge_key(batch_id)) is not None
 
@@ -381,7 +385,7 @@ class TierUsage:
     allowance_used: int = 0
 
 
-async def usage(conn: Connection, month: date) -> dict[str, TierUsage]:
+async def usage(conn: Connection, account_id: UUID, month: date) -> dict[str, TierUsage]:
     """The tenant's month (UTC) by tier: runs accepted in it by where they are now, credits
     charged and refunded in it (a batch's charge counts for its tier), and units of that
     month's free allowance kept (drawn and not given back)."""
@@ -396,7 +400,8 @@ async def usage(conn: Connection, month: date) -> dict[str, TierUsage]:
                       count(*) FILTER (WHERE a.status = 'cancelled') AS cancelled,
                       count(*) FILTER (WHERE a.status IN ('pending', 'processing')) AS in_flight
                FROM analyses a, bounds
-               WHERE a.created_at >= bounds.lo AND a.created_at < bounds.hi
+               WHERE a.account_id = $3
+                 AND a.created_at >= bounds.lo AND a.created_at < bounds.hi
                GROUP BY a.analysis_type),
            money AS (
                SELECT coalesce(a.analysis_type, b.analysis_type) AS tier,
@@ -406,12 +411,12 @@ async def usage(conn: Connection, month: date) -> dict[str, TierUsage]:
                CROSS JOIN bounds
                LEFT JOIN analyses a ON a.id = l.run_id
                LEFT JOIN batches b ON b.id = l.batch_id AND l.run_id IS NULL
-               WHERE l.kind IN ('charge', 'refund')
+               WHERE l.account_id = $3 AND l.kind IN ('charge', 'refund')
                  AND l.created_at >= bounds.lo AND l.created_at < bounds.hi
                GROUP BY 1),
            units AS (
                SELECT action AS tier, count(*) FILTER (WHERE returned_at IS NULL) AS used
-               FROM allowance_uses WHERE month = $1 GROUP BY action)
+               FROM allowance_uses WHERE account_id = $3 AND month = $1 GROUP BY action)
            SELECT t.tier, coalesce(r.runs, 0) AS runs, coalesce(r.complete, 0) AS complete,
                   coalesce(r.failed, 0) AS failed, coalesce(r.cancelled, 0) AS cancelled,
                   coalesce(r.in_flight, 0) AS in_flight, coalesce(m.spent, 0) AS spent,
@@ -422,6 +427,7 @@ async def usage(conn: Connection, month: date) -> dict[str, TierUsage]:
            LEFT JOIN units u ON u.tier = t.tier""",
         month,
         [tier.value for tier in Tier],
+        account_id,
     )
     return {
         row["tier"]: TierUsage(

@@ -86,8 +86,14 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "openai_api_key": "test-key",
         "jwt_secret": JWT_SECRET,
         "db_pool_max": 20,
-        # No free allowance unless a test gives one: runs charge credits.
-        "plans": {"free": {"name": "Free"}},
+        # No free allowance and no practical rate limit unless a test gives them.
+        "plans": {
+            "free": {
+                "name": "Free",
+                "analyses_per_hour": 1_000_000,
+                "requests_per_minute": 1_000_000,
+            }
+        },
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]

@@ -23,6 +23,7 @@ from tests.helpers import start, start_ok, wait_for
 PLANS: dict[str, Any] = {
     "free": {"name": "Free", "allowances": {"light": 5}},
     "pro": {"name": "Pro", "allowances": {"light": 2, "deep": 1}, "analyses_per_hour": 900},
+    "mini": {"name": "Mini", "allowances": {"light": 1}},
 }
 
 
@@ -241,6 +242,49 @@ async def test_an_allowance_spent_meanwhile_charges_credits_instead(
     assert await _balance(system_pool, account) == 4
 
 
+async def test_a_batch_the_credits_no_longer_pay_for_keeps_no_unit(
+    servers, new_account, system_pool
+):
+    """Promised two free items and two paid; the plan shrinks to one free item before the
+    batch starts, so its charge (three credits on a balance of two) fails: the batch fails,
+    and the unit its charge step drew first is not kept."""
+    account = await new_account(credits_granted=2)
+    async with system_pool.acquire() as conn:
+        await conn.execute("UPDATE accounts SET plan = 'pro' WHERE id = $1", account.account_id)
+    async with stack(servers, worker=False) as (settings, api):
+        response = await api.post(
+            "/api/leads/analyze/bulk",
+            json={
+                "usernames": [f"shrink{i}_{uuid4().hex[:4]}" for i in range(4)],
+                "analysis_type": "light",
+                "business_profile_id": str(account.business_profile_id),
+            },
+            headers=account.headers,
+        )
+        assert response.status_code == 202, response.text
+        assert (response.json()["free_items"], response.json()["credits_charged"]) == (2, 2)
+        async with system_pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE accounts SET plan = 'mini' WHERE id = $1", account.account_id
+            )
+        batch_id = response.json()["batch_id"]
+        async with running_worker(settings):
+            for _ in range(100):
+                progress = (
+                    await api.get(
+                        f"/api/leads/analyze/bulk/{batch_id}/progress", headers=account.headers
+                    )
+                ).json()
+                if progress["status"] == "failed":
+                    break
+                await asyncio.sleep(0.1)
+    assert progress["status"] == "failed", progress
+    assert progress["error"]["code"] == "insufficient_credits"
+    assert progress["counts"]["failed"] == 4
+    assert await _units(system_pool, account) == {}
+    assert await _balance(system_pool, account) == 2
+
+
 async def test_pricing_is_public_and_from_configuration(servers):
     async with stack(servers, worker=False) as (_, api):
         response = await api.get("/api/credits/pricing")
@@ -255,6 +299,7 @@ async def test_pricing_is_public_and_from_configuration(servers):
     assert plans["free"]["allowances"] == {"light": 5}
     assert plans["pro"]["allowances"] == {"light": 2, "deep": 1}
     assert plans["pro"]["analyses_per_hour"] == 900
+    assert plans["mini"]["allowances"] == {"light": 1}
 
 
 @pytest.mark.parametrize("month", ["2026-13", "26-11", "0000-01", "2026-1"])

@@ -81,7 +81,7 @@ async def test_every_operation_documents_examples_and_its_common_answers(api):
                 names = {p["name"].lower() for p in operation.get("parameters", [])}
                 expected = (
                     {"401", "503"}
-                    | ({"403", "422"} if "x-account-id" in names else set())
+                    | ({"403", "422", "429"} if "x-account-id" in names else set())
                     | ({"413", "422"} if "requestBody" in operation else set())
                 )
                 absent = expected - set(operation["responses"])

@@ -446,6 +446,26 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
         "UPDATE leads SET account_id = {b} WHERE id = {a_lead}",
         PRIVILEGE,
     ),
+    # allowance_uses: read-only (workers draw and give back units)
+    (
+        "allowance_uses",
+        "draw a unit",
+        "INSERT INTO allowance_uses (run_id, account_id, month, action, allowance) "
+        "VALUES ({pending}, {a}, date_trunc('month', now())::date, 'light', 10)",
+        PRIVILEGE,
+    ),
+    ("allowance_uses", "give back", "UPDATE allowance_uses SET returned_at = now()", PRIVILEGE),
+    ("allowance_uses", "delete", "DELETE FROM allowance_uses", PRIVILEGE),
+    # rate_limits: the tenant's counters, read-only (counted through rate_limit_hit)
+    ("rate_limits", "read own", "SELECT count(*) FROM rate_limits WHERE account_id = {a}", 2),
+    ("rate_limits", "read other", "SELECT count(*) FROM rate_limits WHERE account_id = {b}", 0),
+    (
+        "rate_limits",
+        "reset own",
+        "UPDATE rate_limits SET hits = 0 WHERE account_id = {a}",
+        PRIVILEGE,
+    ),
+    ("rate_limits", "delete own", "DELETE FROM rate_limits WHERE account_id = {a}", PRIVILEGE),
     # api_keys: the tenant's own, created and revoked, never rewritten or deleted
     ("api_keys", "read other", "SELECT count(*) FROM api_keys WHERE account_id = {b}", 0),
     (

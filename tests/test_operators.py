@@ -70,6 +70,25 @@ async def test_accounts_create_makes_a_working_account(oslira, api, system_pool)
     table = await oslira("accounts", "list")
     assert name in table.stdout and created["account_id"] in table.stdout
 
+    assert (
+        await system_pool.fetchval(
+            "SELECT plan FROM accounts WHERE id = $1::uuid", created["account_id"]
+        )
+        == "free"
+    )
+    plans = json.dumps({"free": {"name": "Free"}, "pro": {"name": "Pro"}})
+    on_plan = await oslira(
+        "accounts", "create", "--name", f"{name} pro", "--plan", "pro", PLANS=plans
+    )
+    assert on_plan.returncode == 0, on_plan.stderr
+    assert (
+        await system_pool.fetchval(
+            "SELECT plan FROM accounts WHERE id = $1::uuid",
+            json.loads(on_plan.stdout)["account_id"],
+        )
+        == "pro"
+    )
+
     again = await oslira("accounts", "create", "--name", "Other", "--email", email.upper())
     _refused(again, "already exists")
     assert await _accounts_named(system_pool, "Other") == 0
@@ -84,8 +103,9 @@ async def test_accounts_create_makes_a_working_account(oslira, api, system_pool)
         (["--name", "{name}", "--email", "not-an-email"], "not an email address"),
         (["--name", "{name}", "--token-days", "100000000"], "--token-days"),
         (["--name", "{name}", "--credits", "-5"], "--credits"),
+        (["--name", "{name}", "--plan", "platinum"], "no plan 'platinum'"),
     ],
-    ids=["empty", "blank", "long", "bad email", "huge token days", "negative credits"],
+    ids=["empty", "blank", "long", "bad email", "huge token days", "negative credits", "plan"],
 )
 async def test_accounts_create_refuses_bad_input_and_writes_nothing(
     oslira, system_pool, args, message

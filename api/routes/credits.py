@@ -120,7 +120,7 @@ async def get_usage(
     async with scope.transaction() as conn:
         first = date.fromisoformat(f"{month}-01") if month else await allowances.current_month(conn)
         plan_name = await allowances.account_plan(conn, scope.account_id)
-        by_tier = await credits.usage(conn, first)
+        by_tier = await credits.usage(conn, scope.account_id, first)
     plan = settings.plan(plan_name)
     tiers = []
     for tier in Tier:

@@ -99,6 +99,19 @@ BEGIN
             RAISE EXCEPTION 'run % cannot join batch %', NEW.id, NEW.batch_id
                 USING ERRCODE = 'check_violation';
         END IF;
+        -- A free allowance is promised for the current month only; in a batch, to its
+        -- first `free_items` items, exactly.
+        IF (NEW.allowance_month IS NOT NULL
+            AND NEW.allowance_month <> date_trunc('month', now() AT TIME ZONE 'UTC')::date)
+           OR (NEW.batch_id IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM public.batches b
+                WHERE b.id = NEW.batch_id
+                  AND (NEW.batch_position < b.free_items) = (NEW.allowance_month IS NOT NULL)
+                  AND (NEW.allowance_month IS NULL OR NEW.allowance_month = b.allowance_month)))
+        THEN
+            RAISE EXCEPTION 'run % cannot be promised the allowance of %', NEW.id,
+                NEW.allowance_month USING ERRCODE = 'check_violation';
+        END IF;
         RETURN NEW;
     END IF;
 
@@ -198,6 +211,11 @@ BEGIN
            OR NEW.finished_at IS NOT NULL THEN
             RAISE EXCEPTION 'a batch starts pending, with items' USING ERRCODE = 'check_violation';
         END IF;
+        IF NEW.free_items > 0
+           AND NEW.allowance_month <> date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN
+            RAISE EXCEPTION 'a batch is promised the allowance of the current month only'
+                USING ERRCODE = 'check_violation';
+        END IF;
         RETURN NEW;
     END IF;
 
@@ -232,12 +250,12 @@ BEGIN
         RAISE EXCEPTION 'a batch cannot go from % to %', OLD.status, NEW.status
             USING ERRCODE = 'check_violation';
     END IF;
-    -- Paid: charged, or (every item covered by a free allowance) its items drew units.
+    -- Paid: charged, or every one of its items drew a unit of a free allowance.
     charged := EXISTS (SELECT 1 FROM public.credit_ledger l
                        WHERE l.idempotency_key = 'charge:batch:' || OLD.id)
-               OR EXISTS (SELECT 1 FROM public.analyses a
-                          JOIN public.allowance_uses u ON u.run_id = a.id
-                          WHERE a.batch_id = OLD.id);
+               OR (SELECT count(*) FROM public.analyses a
+                   JOIN public.allowance_uses u ON u.run_id = a.id
+                   WHERE a.batch_id = OLD.id) = OLD.total;
     IF OLD.status = 'pending' AND NEW.status = 'running' AND NOT charged THEN
         RAISE EXCEPTION 'batch % runs only once charged', OLD.id USING ERRCODE = 'check_violation';
     END IF;
