@@ -96,3 +96,92 @@ async def test_x_account_id_that_is_not_an_id_answers_422(api, new_account):
     )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "X-Account-Id"
+
+
+async def test_every_endpoint_answers_another_accounts_ids_with_404_and_no_data(
+    api, new_account, system_pool
+):
+    """A sweep driven by the OpenAPI document: every operation that takes an id in its path
+    is called by another account with the owner's ids (a new endpoint with an id this test
+    does not know fails it), and every filter that takes an id finds nothing."""
+    owner, stranger = await new_account(credits_granted=20), await new_account()
+    run_id = await start_ok(api, owner, f"swept_{uuid4().hex[:8]}")
+    await wait_for(api, owner, run_id)
+    batch = await api.post(
+        "/api/leads/analyze/bulk",
+        json={
+            "usernames": [f"swept_b{i}_{uuid4().hex[:6]}" for i in range(2)],
+            "analysis_type": "light",
+            "business_profile_id": str(owner.business_profile_id),
+        },
+        headers=owner.headers,
+    )
+    key = await api.post("/api/api-keys", json={"name": "owner's"}, headers=owner.headers)
+    lead_id = await system_pool.fetchval("SELECT lead_id FROM analyses WHERE id = $1::uuid", run_id)
+    ids = {
+        "run_id": run_id,
+        "batch_id": batch.json()["batch_id"],
+        "lead_id": str(lead_id),
+        "profile_id": str(owner.business_profile_id),
+        "key_id": key.json()["id"],
+    }
+    secrets = set(ids.values())
+    bodies = {
+        "/api/business-profiles/{profile_id}": {"name": "Taken over"},
+    }
+
+    spec = (await api.get("/openapi.json")).json()
+    swept = 0
+    for template, operations in spec["paths"].items():
+        names = [part[1:-1] for part in template.split("/") if part.startswith("{")]
+        if not names:
+            continue
+        path = template.format(**{name: ids[name] for name in names})
+        for method in operations:
+            response = await api.request(
+                method.upper(), path, json=bodies.get(template), headers=stranger.headers
+            )
+            assert response.status_code == 404, (method, path, response.text)
+            assert not any(secret in response.text for secret in secrets), response.text
+            swept += 1
+    assert swept >= 14  # the 14 such operations when this was written
+
+    # Filters that take an id: nothing of the owner's comes back.
+    for path, params in (
+        ("/api/analysis", {"business_profile_id": ids["profile_id"]}),
+        ("/api/leads", {"business_profile_id": ids["profile_id"]}),
+        ("/api/credits/transactions", {"run_id": run_id}),
+        ("/api/credits/transactions", {"batch_id": ids["batch_id"]}),
+    ):
+        response = await api.get(path, params=params, headers=stranger.headers)
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["total"] == 0 and response.json()["data"] == [], path
+    export = await api.get(
+        "/api/leads/export",
+        params={"business_profile_id": ids["profile_id"]},
+        headers=stranger.headers,
+    )
+    assert export.status_code == 200 and export.text.count("\n") == 1  # the header row only
+    for path, body in (
+        ("/api/leads/analyze", {"username": "x", "analysis_type": "light"}),
+        ("/api/leads/analyze/bulk", {"usernames": ["x"], "analysis_type": "light"}),
+    ):
+        response = await api.post(
+            path, json=body | {"business_profile_id": ids["profile_id"]}, headers=stranger.headers
+        )
+        assert response.status_code == 404, (path, response.text)
+
+    # And the owner's things are as they were.
+    for path in (
+        f"/api/analysis/{run_id}/result",
+        f"/api/leads/{lead_id}",
+        f"/api/business-profiles/{owner.business_profile_id}",
+        f"/api/leads/analyze/bulk/{ids['batch_id']}/progress",
+    ):
+        assert (await api.get(path, headers=owner.headers)).status_code == 200, path
+    profile = await api.get(
+        f"/api/business-profiles/{owner.business_profile_id}", headers=owner.headers
+    )
+    assert profile.json()["name"] != "Taken over"
+    keys = (await api.get("/api/api-keys", headers=owner.headers)).json()["data"]
+    assert [k["revoked_at"] for k in keys] == [None]
