@@ -24,6 +24,7 @@ from activities.batches import BatchActivities
 from activities.cache import CacheActivities
 from activities.compensation import CompensationActivities
 from activities.credits import CreditActivities
+from activities.maintenance import MaintenanceActivities
 from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
 from activities.slots import ProviderSlots
@@ -35,6 +36,7 @@ from providers.apify import APIFY, ApifyScraper
 from providers.cache import PostgresProfileCache
 from workflows.analysis import AnalysisWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
+from workflows.maintenance import LedgerCheckWorkflow, StuckRunsWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
+        maintenance = MaintenanceActivities(pool, client)
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
@@ -96,6 +99,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             batch.unfinished,
             batch.stop_batch,
             batch.finish_batch,
+            maintenance.sweep_stuck_runs,
+            maintenance.check_ledger,
         ]
         separate_scrape_queue = settings.scrape_queue != settings.task_queue
         if not separate_scrape_queue:
@@ -109,7 +114,12 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[AnalysisWorkflow, BulkAnalysisWorkflow],
+                workflows=[
+                    AnalysisWorkflow,
+                    BulkAnalysisWorkflow,
+                    StuckRunsWorkflow,
+                    LedgerCheckWorkflow,
+                ],
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 workflow_runner=runner,

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from cli import stack
 from cli.supervisor import Supervisor
-from core import temporal
+from core import schedules, temporal
 from core.auth import mint_token
 from core.settings import Settings, describe, stack_env_path
 from db.accounts import create_with_owner
@@ -142,6 +142,7 @@ def run_dev() -> int:
         full = Settings(**{k.lower(): v for k, v in env.items() if k != "OSLIRA_HOME"})  # type: ignore[arg-type]
         asyncio.run(set_role_passwords(full))
         demo = _demo_account(full, home / "demo.json")
+        asyncio.run(_ensure_schedules(full))
 
         workers = settings.worker_processes or os.cpu_count() or 1
         for n in range(1, workers + 1):
@@ -253,6 +254,11 @@ class ParentWatch:
         if os.getppid() != self.pid:
             return True  # make is gone
         return bool(self.caught - self._caught())
+
+
+async def _ensure_schedules(settings: Settings) -> None:
+    ids = await schedules.ensure(await temporal.connect(settings), settings)
+    log.info("schedules: %s", ", ".join(ids))
 
 
 async def _register_search_attributes(settings: Settings) -> None:

@@ -1,15 +1,17 @@
 """The `oslira` command: run the stack or one of its parts, migrate, the operator commands
-(accounts, tokens, credits, API keys), and `oslira batch` for scripts."""
+(accounts, tokens, credits, API keys, schedules, the ledger check), and `oslira batch` for
+scripts."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.batch import batch_app
+from cli.jobs import ledger_app, schedules_app
 from cli.operators import (
     accounts_app,
     api_keys_app,
@@ -19,12 +21,17 @@ from cli.operators import (
     tokens_app,
 )
 
+if TYPE_CHECKING:
+    from core.settings import Settings
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(credits_app, name="credits")
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(batch_app, name="batch")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(ledger_app, name="ledger")
 
 
 def _logging(verbose: bool = False) -> None:
@@ -93,7 +100,8 @@ def api(
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations (and role passwords, when configured)."""
+    """Apply pending database migrations (and role passwords, when configured); with
+    TEMPORAL_ADDRESS set, create or update the scheduled jobs too."""
     from db.migrate import migrate as apply
     from db.migrate import set_role_passwords
 
@@ -107,6 +115,15 @@ def migrate() -> None:
 
     applied = asyncio.run(main())
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if settings.temporal_address is not None:
+        ids = asyncio.run(_ensure_schedules(settings))
+        typer.echo(f"schedules: {', '.join(ids)}")
+
+
+async def _ensure_schedules(settings: Settings) -> list[str]:
+    from core import schedules, temporal
+
+    return await schedules.ensure(await temporal.connect(settings), settings)
 
 
 @app.command()

@@ -29,6 +29,9 @@ class ErrorCode(StrEnum):
     provider_unavailable = "provider_unavailable"
     # Our own bug: the worker's log has the traceback.
     internal_error = "internal_error"
+    # Its workflow stopped running before the run ended (terminated by an operator, or
+    # lost): the hourly sweep failed and refunded it.
+    workflow_lost = "workflow_lost"
 
 
 # ApplicationError.type -> error code. Types not listed map to internal_error.
@@ -43,6 +46,7 @@ _TYPE_TO_CODE: dict[str, ErrorCode] = {
     "AIFailed": ErrorCode.ai_failed,
     "ProviderUnavailable": ErrorCode.provider_unavailable,
     "InternalError": ErrorCode.internal_error,
+    "WorkflowLost": ErrorCode.workflow_lost,
 }
 _CODE_TO_TYPE = {code: type_ for type_, code in _TYPE_TO_CODE.items()}
 PROVIDER_UNAVAILABLE = _CODE_TO_TYPE[ErrorCode.provider_unavailable]
@@ -116,5 +120,7 @@ def user_message(code: ErrorCode, *, username: str, details: dict[str, Any], raw
         + ". Try again in a few minutes.",
         ErrorCode.internal_error: "An internal error stopped the analysis. It has been "
         "logged; try again, or contact support with this run's id.",
+        ErrorCode.workflow_lost: "The analysis stopped before it finished and was refunded; "
+        "start it again.",
     }
     return messages[code]

@@ -323,3 +323,21 @@ class FinishBatchInput(BaseModel):
 class BulkOutcome(BaseModel):
     batch_id: UUID
     status: BatchStatus
+
+
+class SweepInput(BaseModel):
+    """The stuck-run sweep: runs and batches whose rows have not moved for this long."""
+
+    older_than_seconds: float = 300.0
+    limit: int = 1_000
+
+
+class SweepOutput(BaseModel):
+    checked: int
+    failed: list[UUID]
+    refunded_credits: int
+    batches_ended: list[UUID] = []
+
+
+class LedgerReport(BaseModel):
+    violations: list[str]

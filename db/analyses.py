@@ -289,3 +289,17 @@ async def finish_unsuccessful(conn: Connection, progress: Progress) -> None:
         steps_json(progress.steps),
         progress.version,
     )
+
+
+async def stale_in_flight(
+    conn: Connection, older_than_seconds: float, limit: int
+) -> list[asyncpg.Record]:
+    """Runs in flight whose row has not moved for `older_than_seconds`, oldest first (the
+    stuck-run sweep's candidates; a live workflow touches its row at every step)."""
+    return await conn.fetch(
+        f"""SELECT id, account_id, batch_id FROM analyses
+            WHERE {IN_FLIGHT_SQL} AND updated_at < now() - make_interval(secs => $1)
+            ORDER BY updated_at LIMIT $2""",
+        older_than_seconds,
+        limit,
+    )

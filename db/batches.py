@@ -382,3 +382,27 @@ async def finish(conn: Connection, batch_id: UUID, status: str) -> None:
         batch_id,
         status,
     )
+
+
+async def stale_unfinished(
+    conn: Connection, older_than_seconds: float, limit: int
+) -> list[asyncpg.Record]:
+    """Batches not finished whose row has not moved for `older_than_seconds`."""
+    return await conn.fetch(
+        """SELECT id FROM batches
+           WHERE status IN ('pending', 'running')
+             AND updated_at < now() - make_interval(secs => $1)
+           ORDER BY updated_at LIMIT $2""",
+        older_than_seconds,
+        limit,
+    )
+
+
+async def items_in_flight(conn: Connection, batch_id: UUID) -> int:
+    return int(
+        await conn.fetchval(
+            """SELECT coalesce(sum(items), 0) FROM batch_counts
+               WHERE batch_id = $1 AND status IN ('pending', 'processing')""",
+            batch_id,
+        )
+    )

@@ -1,0 +1,263 @@
+"""The scheduled jobs: schedules created idempotently, each triggered with its effect checked;
+the stuck-run sweep failing and refunding a run whose workflow was terminated, exactly once
+even when racing the run's own compensation; the ledger check finding a planted violation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+import worker as worker_module
+from activities.compensation import CompensationActivities
+from activities.maintenance import MaintenanceActivities
+from core import schedules, temporal
+from core.errors import ErrorCode
+from core.models import FinishInput, SweepInput
+from core.progress import RunError, RunStatus, Tracker
+from core.settings import Settings
+from core.temporal import workflow_id
+from db import accounts, analyses, credits
+from db.migrate import migrate
+from db.pool import create_pool
+from tests.conftest import Account, Servers, app_client, make_settings
+from tests.helpers import process_env, start_ok, wait_for
+
+
+@asynccontextmanager
+async def own_stack(servers: Servers) -> AsyncIterator[tuple[Settings, Any, Client]]:
+    """An API and a worker on a queue of their own (the schedules start workflows there)."""
+    settings = make_settings(servers, task_queue=f"jobs-{uuid4().hex[:8]}")
+    client = await temporal.connect(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker_module.run(settings, stop))
+    try:
+        async with app_client(settings) as api:
+            yield settings, api, client
+    finally:
+        stop.set()
+        await task
+
+
+async def _run_job(client: Client, settings: Settings, name: str) -> Any:
+    """Triggers the job's schedule and waits for the workflow it started; its result."""
+    handle = schedules.handle(client, settings, name)
+    before = len((await handle.describe()).info.recent_actions)
+    await handle.trigger()
+    for _ in range(200):
+        actions = (await handle.describe()).info.recent_actions
+        if len(actions) > before:
+            started = actions[-1].action
+            return await client.get_workflow_handle(started.workflow_id).result()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} did not start")
+
+
+async def _age(pool: asyncpg.Pool, run_id: str, minutes: int = 10) -> None:
+    """The run's row last moved `minutes` ago, by the database's clock."""
+    await pool.execute(
+        "UPDATE analyses SET updated_at = now() - make_interval(mins => $2) WHERE id = $1::uuid",
+        run_id,
+        minutes,
+    )
+
+
+async def test_schedules_are_created_once_and_keep_a_pause(servers):
+    settings = make_settings(servers, task_queue=f"jobs-{uuid4().hex[:8]}")
+    client = await temporal.connect(settings)
+    first = await schedules.ensure(client, settings)
+    assert first == [f"{settings.task_queue}-{job.name}" for job in schedules.JOBS]
+    await schedules.handle(client, settings, "ledger-check").pause(note="test")
+    assert await schedules.ensure(client, settings) == first  # again: updated, not doubled
+    for job in schedules.JOBS:
+        described = await schedules.handle(client, settings, job.name).describe()
+        # The server keeps a cron expression as a calendar: minute 0, and hour 4 for the
+        # daily check.
+        (calendar,) = described.schedule.spec.calendars
+        assert [r.start for r in calendar.minute] == [0]
+        if job.name == "ledger-check":
+            assert [r.start for r in calendar.hour] == [4]
+        assert described.schedule.action.workflow == job.workflow  # type: ignore[attr-defined]
+        assert described.schedule.state.paused == (job.name == "ledger-check")
+    for job in schedules.JOBS:
+        await schedules.handle(client, settings, job.name).delete()
+
+
+async def test_the_sweep_fails_and_refunds_a_run_whose_workflow_was_terminated(
+    servers, new_account, system_pool
+):
+    account = await new_account(credits_granted=10)
+    async with own_stack(servers) as (settings, api, client):
+        await schedules.ensure(client, settings)
+        # Charged and scraping (slow_ takes 10 s) when an operator terminates its workflow.
+        charged = await start_ok(api, account, f"slow_{uuid4().hex[:6]}", "deep")
+        await wait_for(api, account, charged, {"processing"})
+        await client.get_workflow_handle(workflow_id(charged)).terminate("operator")
+        # A run whose workflow never started (the API died between its commit and the start).
+        lost = await _pending_without_workflow(system_pool, account)
+        # A live run in flight as long: left alone.
+        live = await start_ok(api, account, f"slow_{uuid4().hex[:6]}", "light")
+        await wait_for(api, account, live, {"processing"})
+        for run_id in (charged, str(lost), live):
+            await _age(system_pool, run_id)
+
+        report = await _run_job(client, settings, "stuck-runs")
+        assert {str(r) for r in report["failed"]} >= {charged, str(lost)}
+        assert live not in {str(r) for r in report["failed"]}
+        again = await _run_job(client, settings, "stuck-runs")  # nothing twice
+        assert not {charged, str(lost)} & {str(r) for r in again["failed"]}
+
+        progress = await wait_for(api, account, charged)
+        assert progress["status"] == "failed"
+        assert progress["error"]["code"] == ErrorCode.workflow_lost
+        assert (await wait_for(api, account, live))["status"] == "complete"
+    rows = await system_pool.fetch(
+        """SELECT run_id, kind, delta FROM credit_ledger
+           WHERE account_id = $1 AND kind IN ('charge', 'refund') ORDER BY id""",
+        account.account_id,
+    )
+    by_run: dict[str, list[tuple[str, int]]] = {}
+    for row in rows:
+        by_run.setdefault(str(row["run_id"]), []).append((row["kind"], row["delta"]))
+    assert by_run[charged] == [("charge", -3), ("refund", 3)]
+    assert str(lost) not in by_run  # never charged, nothing to refund
+    assert (
+        await system_pool.fetchval("SELECT status FROM analyses WHERE id = $1", lost)
+        == RunStatus.failed
+    )
+    async with system_pool.acquire() as conn:
+        assert await credits.balance(conn, account.account_id) == 10 - 1
+
+
+async def _pending_without_workflow(pool: asyncpg.Pool, account: Account) -> UUID:
+    run_id = uuid4()
+    progress = Tracker.accepted(run_id, datetime.now(UTC))
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO analyses (id, account_id, business_profile_id, username,
+                   analysis_type, credits_cost, progress, current_step, steps)
+               VALUES ($1, $2, $3, $4, 'light', 1, $5, $6, $7)""",
+            run_id,
+            account.account_id,
+            account.business_profile_id,
+            f"lost_{uuid4().hex[:6]}",
+            progress.document.progress,
+            progress.document.current_step,
+            analyses.steps_json(progress.document.steps),
+        )
+    return run_id
+
+
+async def test_the_sweep_racing_the_runs_own_compensation_refunds_once(
+    servers, settings, new_account, system_pool, api
+):
+    """The sweep and the workflow's compensation, both running at once, several times over
+    (activity retries): one refund."""
+    account = await new_account(credits_granted=10)
+    run_id = await start_ok(api, account, f"slow_{uuid4().hex[:6]}", "xray")
+    await wait_for(api, account, run_id, {"processing"})
+    client = await temporal.connect(settings)
+    await client.get_workflow_handle(workflow_id(run_id)).terminate("operator")
+    await _age(system_pool, run_id)
+    async with system_pool.acquire() as conn:
+        row = await analyses.get(conn, UUID(run_id))
+    assert row is not None
+    progress = Tracker(analyses.progress_of(row))
+    error = RunError(code=ErrorCode.provider_unavailable, message="the provider kept failing")
+    progress.stopping(error, cancelled=False)
+    progress.set_status(RunStatus.failed, error)
+
+    pool = await create_pool(settings.worker_dsn, min_size=1, max_size=10)
+    try:
+        sweep = MaintenanceActivities(pool, client)
+        compensation = CompensationActivities(pool)
+        env = ActivityEnvironment()
+        await asyncio.gather(
+            *(env.run(sweep.sweep_stuck_runs, SweepInput()) for _ in range(3)),
+            *(
+                env.run(compensation.finish_unsuccessful, FinishInput(progress=progress.document))
+                for _ in range(3)
+            ),
+        )
+    finally:
+        await pool.close()
+    refunds = await system_pool.fetchval(
+        "SELECT count(*) FROM credit_ledger WHERE run_id = $1::uuid AND kind = 'refund'", run_id
+    )
+    assert refunds == 1
+    async with system_pool.acquire() as conn:
+        assert await credits.balance(conn, account.account_id) == 10
+
+
+async def test_the_ledger_check_job_reports_a_planted_violation(servers, system_pool):
+    async with own_stack(servers) as (settings, _, client):
+        await schedules.ensure(client, settings)
+        async with system_pool.acquire() as conn:
+            planted = await accounts.create_with_owner(conn, name="Planted", credits_granted=5)
+        admin = await asyncpg.connect(servers.database_url)
+        try:
+            await admin.execute(
+                "UPDATE credit_balances SET balance = 7 WHERE account_id = $1", planted.account_id
+            )
+            report = await _run_job(client, settings, "ledger-check")
+        finally:
+            await admin.execute(
+                "UPDATE credit_balances SET balance = 5 WHERE account_id = $1", planted.account_id
+            )
+            await admin.close()
+    mine = [v for v in report["violations"] if str(planted.account_id) in v]
+    assert mine and "balance differs from the sum of the ledger" in mine[0]
+
+
+@pytest.mark.parametrize("planted", [False, True])
+async def test_oslira_ledger_check_exits_non_zero_on_a_violation(servers, settings, planted):
+    """On a scratch database of its own, so the planted violation harms nothing else."""
+    name = f"oslira_scratch_{uuid4().hex[:8]}"
+    admin = await asyncpg.connect(servers.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(servers.database_url)._replace(path=f"/{name}"))
+        await migrate(url)
+        scratch = await asyncpg.connect(url)
+        try:
+            async with scratch.transaction():
+                made = await accounts.create_with_owner(scratch, name="Scratch", credits_granted=3)
+            if planted:
+                await scratch.execute(
+                    "UPDATE credit_balances SET balance = 9 WHERE account_id = $1",
+                    made.account_id,
+                )
+        finally:
+            await scratch.close()
+        env = {**os.environ, **process_env(settings, "/tmp", DATABASE_URL=url)}
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "cli.main", "ledger", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    if planted:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "balance differs from the sum of the ledger" in result.stdout
+        assert str(made.account_id) in result.stdout
+        assert "1 ledger invariant violation" in result.stderr
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "the ledger is sound" in result.stdout
