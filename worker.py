@@ -36,7 +36,12 @@ from providers.apify import APIFY, ApifyScraper
 from providers.cache import PostgresProfileCache
 from workflows.analysis import AnalysisWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
-from workflows.maintenance import LedgerCheckWorkflow, StuckRunsWorkflow
+from workflows.maintenance import (
+    CleanupWorkflow,
+    LedgerCheckWorkflow,
+    RenewalWorkflow,
+    StuckRunsWorkflow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
-        maintenance = MaintenanceActivities(pool, client)
+        maintenance = MaintenanceActivities(pool, client, settings)
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
@@ -101,6 +106,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             batch.finish_batch,
             maintenance.sweep_stuck_runs,
             maintenance.check_ledger,
+            maintenance.clean_up,
+            maintenance.renew_plans,
         ]
         separate_scrape_queue = settings.scrape_queue != settings.task_queue
         if not separate_scrape_queue:
@@ -119,6 +126,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     BulkAnalysisWorkflow,
                     StuckRunsWorkflow,
                     LedgerCheckWorkflow,
+                    CleanupWorkflow,
+                    RenewalWorkflow,
                 ],
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),

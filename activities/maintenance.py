@@ -10,32 +10,51 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.batches import STOP_CHUNK
 from activities.common import never_giving_up
 from core.errors import ErrorCode, user_message
-from core.models import LedgerReport, SweepInput, SweepOutput
+from core.models import CleanupReport, LedgerReport, RenewalReport, SweepInput, SweepOutput
 from core.progress import IN_FLIGHT, RunError, RunStatus, Tracker
+from core.settings import Settings
 from core.temporal import workflow_id
-from db import analyses, batches, credits
+from core.tiers import Tier
+from db import analyses, batches, credits, maintenance
 from db.pool import connection
 from workflows.bulk import bulk_workflow_id
 
 log = logging.getLogger(__name__)
 
+ORPHANED_ITEM = "The batch stopped before this item started; it was refunded."
+
 
 class MaintenanceActivities:
-    def __init__(self, pool: asyncpg.Pool, client: Client) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: Client, settings: Settings) -> None:
         self._pool = pool
         self._client = client
+        self._settings = settings
 
-    async def _running(self, workflow: str) -> bool:
-        """Whether the workflow's latest run is still running; False when there is none."""
+    async def _state(self, workflow: str) -> str:
+        """`running`, `closed` (terminated, failed, timed out, ...) or `missing` (never
+        started): the workflow's latest run."""
         try:
             description = await self._client.get_workflow_handle(workflow).describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
+                return "missing"
             raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return "running" if description.status == WorkflowExecutionStatus.RUNNING else "closed"
+
+    async def _stuck(self, run: asyncpg.Record) -> bool:
+        """Whether nothing will ever end this run. An item of a batch whose workflow was
+        never started waits for its batch's workflow, which starts it: checked first, so an
+        item started meanwhile is seen running."""
+        batch_running = run["batch_id"] is not None and (
+            await self._state(bulk_workflow_id(run["batch_id"])) == "running"
+        )
+        state = await self._state(workflow_id(run["id"]))
+        if state == "running":
+            return False
+        return state == "closed" or not batch_running
 
     @activity.defn
     @never_giving_up
@@ -51,11 +70,7 @@ class MaintenanceActivities:
         refunded = 0
         for run in candidates:
             activity.heartbeat(str(run["id"]))
-            if await self._running(workflow_id(run["id"])):
-                continue
-            if run["batch_id"] is not None and await self._running(
-                bulk_workflow_id(run["batch_id"])
-            ):
+            if not await self._stuck(run):
                 continue
             async with connection(self._pool) as conn, conn.transaction():
                 row = await analyses.lock(conn, run["id"])
@@ -64,15 +79,16 @@ class MaintenanceActivities:
                 refund = await credits.refund_run(
                     conn, account_id=row["account_id"], run_id=row["id"]
                 )
-                progress = Tracker(analyses.progress_of(row))
+                # A run its user had asked to cancel ends cancelled, as it would have.
+                cancelled = row["cancel_requested_at"] is not None
+                code = ErrorCode.run_cancelled if cancelled else ErrorCode.workflow_lost
                 error = RunError(
-                    code=ErrorCode.workflow_lost,
-                    message=user_message(
-                        ErrorCode.workflow_lost, username=row["username"], details={}, raw=""
-                    ),
+                    code=code,
+                    message=user_message(code, username=row["username"], details={}, raw=""),
                 )
-                progress.stopping(error, cancelled=False)
-                progress.set_status(RunStatus.failed, error)
+                progress = Tracker(analyses.progress_of(row))
+                progress.stopping(error, cancelled=cancelled)
+                progress.set_status(RunStatus.cancelled if cancelled else RunStatus.failed, error)
                 await analyses.finish_unsuccessful(conn, progress.document)
             refunded += refund.delta if refund else 0
             failed.append(run["id"])
@@ -83,35 +99,58 @@ class MaintenanceActivities:
         )
 
     async def _end_orphaned_batches(self, input: SweepInput) -> list[UUID]:
-        """A batch whose workflow no longer runs, once none of its items is in flight (the
-        sweep above ends the stuck ones): `complete` (or `cancelled` when asked) if it had
+        """A batch whose workflow no longer runs: the items it never started end (`failed`,
+        or `cancelled` when the batch was asked to stop) and are refunded, a chunk per
+        transaction as a cancel does; the items it started are swept above with the other
+        runs. Once none is in flight the batch ends: `complete` (or `cancelled`) if it had
         started, `failed` if it never did (nothing was charged)."""
         async with connection(self._pool) as conn:
             stale = await batches.stale_unfinished(conn, input.older_than_seconds, input.limit)
         ended: list[UUID] = []
         for batch in stale:
-            if await self._running(bulk_workflow_id(batch["id"])):
+            activity.heartbeat(str(batch["id"]))
+            if await self._state(bulk_workflow_id(batch["id"])) == "running":
                 continue
-            async with connection(self._pool) as conn, conn.transaction():
-                row = await batches.lock(conn, batch["id"])
-                if row is None or row["status"] not in ("pending", "running"):
-                    continue
-                if await batches.items_in_flight(conn, batch["id"]):
-                    continue  # the next sweep, once its items are ended
-                if row["status"] == "pending":
-                    await batches.fail(
+            while True:
+                async with connection(self._pool) as conn, conn.transaction():
+                    row = await batches.lock(conn, batch["id"])
+                    if row is None or row["status"] not in ("pending", "running"):
+                        break
+                    cancelled = row["cancel_requested_at"] is not None
+                    await credits.lock_balance(conn, row["account_id"])
+                    items = await batches.end_unstarted(
                         conn,
                         batch["id"],
-                        ErrorCode.workflow_lost,
-                        "The batch's workflow stopped before it started; nothing was charged.",
+                        0,
+                        status="cancelled" if cancelled else "failed",
+                        code=ErrorCode.run_cancelled if cancelled else ErrorCode.workflow_lost,
+                        message=ORPHANED_ITEM,
+                        limit=STOP_CHUNK,
                     )
-                else:
-                    cancelled = row["cancel_requested_at"] is not None
-                    await batches.finish(
-                        conn, batch["id"], "cancelled" if cancelled else "complete"
+                    await credits.refund_items(
+                        conn,
+                        account_id=row["account_id"],
+                        batch_id=batch["id"],
+                        run_ids=items,
+                        item_cost=row["credits_cost"],
                     )
-            ended.append(batch["id"])
-            log.warning("batch %s had no running workflow: ended", batch["id"])
+                    if len(items) == STOP_CHUNK:
+                        continue  # the next chunk, in a transaction of its own
+                    if await batches.items_in_flight(conn, batch["id"]):
+                        break  # started items still running: a later sweep ends the batch
+                    if row["status"] == "pending":
+                        await batches.fail(
+                            conn,
+                            batch["id"],
+                            ErrorCode.workflow_lost,
+                            "The batch's workflow stopped before it started; nothing was charged.",
+                        )
+                    else:
+                        status = "cancelled" if cancelled else "complete"
+                        await batches.finish(conn, batch["id"], status)
+                    ended.append(batch["id"])
+                    log.warning("batch %s had no running workflow: ended", batch["id"])
+                    break
         return ended
 
     @activity.defn
@@ -124,3 +163,31 @@ class MaintenanceActivities:
         for violation in violations:
             log.error("ledger invariant violated: %s", violation)
         return LedgerReport(violations=violations)
+
+    @activity.defn
+    @never_giving_up
+    async def clean_up(self) -> CleanupReport:
+        """Hard-deletes what was soft-deleted more than 30 days ago, and stale cache
+        entries (db.maintenance.purge); never a ledger row."""
+        oldest = max(self._settings.cache_ttl_seconds(tier) for tier in Tier)
+        async with connection(self._pool) as conn:
+            purged = await maintenance.purge(conn, cache_max_age_seconds=oldest)
+        log.info("cleanup: %s", purged)
+        return CleanupReport(**vars(purged))
+
+    @activity.defn
+    @never_giving_up
+    async def renew_plans(self) -> RenewalReport:
+        """Grants every account whose plan has monthly credits its grant for this month,
+        once per account and month. (Plans billed through Stripe invoices will be granted
+        by the invoice instead, with the billing issue.)"""
+        grants = {
+            name: plan.monthly_credits
+            for name, plan in self._settings.plans.items()
+            if plan.monthly_credits > 0
+        }
+        async with connection(self._pool) as conn:
+            period = await maintenance.renewal_period(conn)
+            granted = await maintenance.renew(conn, grants, period) if grants else []
+        log.info("renewal for %s: %d accounts granted", period, len(granted))
+        return RenewalReport(period=period.isoformat(), granted=granted)

@@ -7,13 +7,14 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
+from temporalio.service import RPCError
 
 from cli.operators import _echo_json, fail, run_with_system_connection, settings_or_exit
 
 schedules_app = typer.Typer(no_args_is_help=True, help="The scheduled jobs (Temporal Schedules).")
 ledger_app = typer.Typer(no_args_is_help=True, help="The credit ledger.")
 
-JobName = Annotated[str, typer.Argument(help="stuck-runs or ledger-check")]
+JobName = Annotated[str, typer.Argument(help="stuck-runs, ledger-check, cleanup or renewal")]
 
 
 def _job(name: str) -> str:
@@ -37,6 +38,8 @@ def _with_client(work: Any) -> Any:
         return asyncio.run(main())
     except RuntimeError as exc:  # the client could not reach the server
         fail(f"cannot reach Temporal: {exc}")
+    except RPCError as exc:  # e.g. no such schedule: `oslira migrate` creates them
+        fail(f"Temporal refused: {exc} (run `oslira migrate` with TEMPORAL_ADDRESS set)")
 
 
 @schedules_app.command("list")
@@ -44,13 +47,15 @@ def schedules_list() -> None:
     """Each job's schedule: its id, cron (UTC), whether it is paused, and its last runs."""
     from core import schedules
 
-    async def work(client: Any, settings: Any) -> None:
+    async def work(client: Any, settings: Any) -> int:
+        missing = 0
         for job in schedules.JOBS:
             handle = schedules.handle(client, settings, job.name)
             try:
                 described = await handle.describe()
-            except Exception as exc:
+            except RPCError as exc:
                 _echo_json({"name": job.name, "id": handle.id, "error": str(exc)})
+                missing += 1
                 continue
             _echo_json(
                 {
@@ -69,8 +74,10 @@ def schedules_list() -> None:
                     "next": [t.isoformat() for t in described.info.next_action_times[:1]],
                 }
             )
+        return missing
 
-    _with_client(work)
+    if _with_client(work):
+        fail("some schedules are missing: `oslira migrate` (with TEMPORAL_ADDRESS) creates them")
 
 
 @schedules_app.command("trigger")
@@ -84,7 +91,7 @@ def schedules_trigger(name: JobName) -> None:
         await schedules.handle(client, settings, name).trigger()
 
     _with_client(work)
-    typer.echo(f"triggered {name}")
+    typer.echo(f"triggered {name} (skipped by Temporal if a run of it is still going)")
 
 
 @schedules_app.command("pause")

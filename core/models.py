@@ -341,3 +341,15 @@ class SweepOutput(BaseModel):
 
 class LedgerReport(BaseModel):
     violations: list[str]
+
+
+class CleanupReport(BaseModel):
+    leads: int
+    business_profiles: int
+    business_profiles_emptied: int
+    cache_entries: int
+
+
+class RenewalReport(BaseModel):
+    period: str  # the month's first day
+    granted: list[UUID]

@@ -43,6 +43,18 @@ JOBS = (
         "LedgerCheckWorkflow",
         "Daily: checks the ledger invariants over every account; violations are logged",
     ),
+    Job(
+        "cleanup",
+        "0 2 * * *",
+        "CleanupWorkflow",
+        "Daily: hard-deletes what was soft-deleted 30 days ago, and stale cache entries",
+    ),
+    Job(
+        "renewal",
+        "0 3 1 * *",
+        "RenewalWorkflow",
+        "Monthly: each account's plan credits for the month, once per account and month",
+    ),
 )
 JOBS_BY_NAME = {job.name: job for job in JOBS}
 

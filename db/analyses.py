@@ -295,10 +295,13 @@ async def stale_in_flight(
     conn: Connection, older_than_seconds: float, limit: int
 ) -> list[asyncpg.Record]:
     """Runs in flight whose row has not moved for `older_than_seconds`, oldest first (the
-    stuck-run sweep's candidates; a live workflow touches its row at every step)."""
+    stuck-run sweep's candidates; a live workflow touches its row at every step). Items a
+    batch has not started are left to the batch's own sweep: a long batch has thousands,
+    which would crowd the stuck runs out."""
     return await conn.fetch(
         f"""SELECT id, account_id, batch_id FROM analyses
             WHERE {IN_FLIGHT_SQL} AND updated_at < now() - make_interval(secs => $1)
+              AND NOT (batch_id IS NOT NULL AND status = 'pending')
             ORDER BY updated_at LIMIT $2""",
         older_than_seconds,
         limit,

@@ -37,9 +37,11 @@ from tests.helpers import process_env, start_ok, wait_for
 
 
 @asynccontextmanager
-async def own_stack(servers: Servers) -> AsyncIterator[tuple[Settings, Any, Client]]:
+async def own_stack(
+    servers: Servers, **overrides: Any
+) -> AsyncIterator[tuple[Settings, Any, Client]]:
     """An API and a worker on a queue of their own (the schedules start workflows there)."""
-    settings = make_settings(servers, task_queue=f"jobs-{uuid4().hex[:8]}")
+    settings = make_settings(servers, task_queue=f"jobs-{uuid4().hex[:8]}", **overrides)
     client = await temporal.connect(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(worker_module.run(settings, stop))
@@ -181,7 +183,7 @@ async def test_the_sweep_racing_the_runs_own_compensation_refunds_once(
 
     pool = await create_pool(settings.worker_dsn, min_size=1, max_size=10)
     try:
-        sweep = MaintenanceActivities(pool, client)
+        sweep = MaintenanceActivities(pool, client, settings)
         compensation = CompensationActivities(pool)
         env = ActivityEnvironment()
         await asyncio.gather(
@@ -261,3 +263,173 @@ async def test_oslira_ledger_check_exits_non_zero_on_a_violation(servers, settin
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "the ledger is sound" in result.stdout
+
+
+CLEANUP_PLANS: dict[str, Any] = {
+    "free": {"name": "Free", "analyses_per_hour": 10**6, "requests_per_minute": 10**6},
+    "pro": {"name": "Pro", "monthly_credits": 50},
+}
+
+
+async def test_cleanup_hard_deletes_what_was_deleted_30_days_ago_and_keeps_the_ledger(
+    servers, new_account, system_pool
+):
+    account = await new_account(credits_granted=5)
+    async with own_stack(servers) as (settings, api, client):
+        await schedules.ensure(client, settings)
+        analysed = await start_ok(api, account, f"purged_{uuid4().hex[:6]}")
+        await wait_for(api, account, analysed)
+        async with system_pool.acquire() as conn:
+            lead_of_run = await conn.fetchval(
+                "SELECT lead_id FROM analyses WHERE id = $1::uuid", analysed
+            )
+            await _lead(conn, account, "old_deleted", days_ago=31)
+            recent = await _lead(conn, account, "recent_deleted", days_ago=29)
+            live = await _lead(conn, account, "live_one", days_ago=None)
+            await conn.execute(
+                "UPDATE leads SET deleted_at = now() - interval '31 days' WHERE id = $1",
+                lead_of_run,
+            )
+            unused = await conn.fetchval(
+                """INSERT INTO business_profiles (account_id, name, deleted_at)
+                   VALUES ($1, 'Unused', now() - interval '31 days') RETURNING id""",
+                account.account_id,
+            )
+            await conn.execute(
+                """UPDATE business_profiles SET deleted_at = now() - interval '31 days'
+                   WHERE id = $1""",
+                account.business_profile_id,
+            )
+            for key, age in (("stale", "3 days"), ("fresh", "1 hour")):
+                await conn.execute(
+                    f"""INSERT INTO profile_cache (key, profile, size_bytes, stored_at)
+                        VALUES ($1, '{{}}', 2, now() - interval '{age}')""",
+                    f"test:{key}:{uuid4().hex[:6]}",
+                )
+            ledger_before = await conn.fetch(
+                "SELECT id FROM credit_ledger WHERE account_id = $1 ORDER BY id", account.account_id
+            )
+        report = await _run_job(client, settings, "cleanup")
+    assert report["leads"] >= 2 and report["cache_entries"] >= 1
+    async with system_pool.acquire() as conn:
+        remaining = {
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM leads WHERE account_id = $1", account.account_id
+            )
+        }
+        # Deleted leads go; the leads of the deleted profile that nobody deleted stay.
+        assert remaining == {recent, live}
+        assert (
+            await conn.fetchval("SELECT lead_id FROM analyses WHERE id = $1::uuid", analysed)
+            is None
+        )
+        assert await conn.fetchval("SELECT 1 FROM business_profiles WHERE id = $1", unused) is None
+        kept = await conn.fetchrow(
+            "SELECT name, description FROM business_profiles WHERE id = $1",
+            account.business_profile_id,
+        )
+        assert (kept["name"], kept["description"]) == ("Deleted business profile", "")
+        assert (
+            await conn.fetch(
+                "SELECT id FROM credit_ledger WHERE account_id = $1 ORDER BY id", account.account_id
+            )
+            == ledger_before
+        )
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM profile_cache WHERE key LIKE 'test:stale:%'"
+        )
+        assert await conn.fetchval(
+            "SELECT count(*) FROM profile_cache WHERE key LIKE 'test:fresh:%'"
+        )
+
+
+async def test_the_sweep_ends_a_batch_whose_workflow_was_terminated(
+    servers, new_account, system_pool
+):
+    """An operator terminates a batch's workflow, and the one item it had started: the
+    sweep fails and refunds that item, ends the two it never started with their refunds,
+    and ends the batch."""
+    account = await new_account(credits_granted=10)
+    async with own_stack(servers, batch_window=1) as (settings, api, client):
+        await schedules.ensure(client, settings)
+        response = await api.post(
+            "/api/leads/analyze/bulk",
+            json={
+                "usernames": [f"slow_orphan{i}_{uuid4().hex[:4]}" for i in range(3)],
+                "analysis_type": "light",
+                "business_profile_id": str(account.business_profile_id),
+            },
+            headers=account.headers,
+        )
+        assert response.status_code == 202, response.text
+        batch_id = response.json()["batch_id"]
+        for _ in range(200):
+            started = await system_pool.fetchval(
+                """SELECT id FROM analyses
+                   WHERE batch_id = $1::uuid AND status = 'processing'""",
+                batch_id,
+            )
+            if started:
+                break
+            await asyncio.sleep(0.05)
+        assert started is not None
+        await client.get_workflow_handle(f"bulk-{batch_id}").terminate("operator")
+        await client.get_workflow_handle(workflow_id(started)).terminate("operator")
+        await system_pool.execute(
+            """UPDATE analyses SET updated_at = now() - interval '10 minutes'
+               WHERE batch_id = $1::uuid""",
+            batch_id,
+        )
+        await system_pool.execute(
+            "UPDATE batches SET updated_at = now() - interval '10 minutes' WHERE id = $1::uuid",
+            batch_id,
+        )
+        report = await _run_job(client, settings, "stuck-runs")
+        progress = (
+            await api.get(f"/api/leads/analyze/bulk/{batch_id}/progress", headers=account.headers)
+        ).json()
+    assert [str(r) for r in report["failed"]] == [str(started)]
+    assert [str(b) for b in report["batches_ended"]] == [batch_id]
+    assert progress["status"] == "complete"
+    assert progress["counts"]["failed"] == 3
+    assert (progress["credits_charged"], progress["credits_refunded"]) == (3, 3)
+    async with system_pool.acquire() as conn:
+        assert await credits.balance(conn, account.account_id) == 10
+
+
+async def _lead(
+    conn: asyncpg.Connection, account: Account, name: str, days_ago: int | None
+) -> UUID:
+    lead_id: UUID = await conn.fetchval(
+        """INSERT INTO leads (account_id, business_profile_id, username, deleted_at)
+           VALUES ($1, $2, $3, CASE WHEN $4::int IS NULL THEN NULL
+                                    ELSE now() - make_interval(days => $4::int) END)
+           RETURNING id""",
+        account.account_id,
+        account.business_profile_id,
+        f"{name}_{uuid4().hex[:6]}",
+        days_ago,
+    )
+    return lead_id
+
+
+async def test_renewal_grants_each_plans_credits_once_per_period(servers, new_account, system_pool):
+    pro, free = await new_account(credits_granted=1), await new_account(credits_granted=1)
+    async with system_pool.acquire() as conn:
+        await conn.execute("UPDATE accounts SET plan = 'pro' WHERE id = $1", pro.account_id)
+    async with own_stack(servers, plans=CLEANUP_PLANS) as (settings, _, client):
+        await schedules.ensure(client, settings)
+        first = await _run_job(client, settings, "renewal")
+        second = await _run_job(client, settings, "renewal")
+    assert str(pro.account_id) in {str(a) for a in first["granted"]}
+    assert str(pro.account_id) not in {str(a) for a in second["granted"]}
+    rows = await system_pool.fetch(
+        "SELECT kind, delta, idempotency_key FROM credit_ledger WHERE account_id = $1 ORDER BY id",
+        pro.account_id,
+    )
+    assert [(r["kind"], r["delta"]) for r in rows] == [("grant", 1), ("renewal", 50)]
+    assert rows[1]["idempotency_key"] == f"renewal:{pro.account_id}:{first['period']}"
+    async with system_pool.acquire() as conn:
+        assert await credits.balance(conn, free.account_id) == 1
+        assert await credits.balance(conn, pro.account_id) == 51

@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.maintenance import MaintenanceActivities
-    from core.models import LedgerReport, SweepInput, SweepOutput
+    from core.models import CleanupReport, LedgerReport, RenewalReport, SweepInput, SweepOutput
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5))
 
@@ -40,6 +40,33 @@ class LedgerCheckWorkflow:
     async def run(self) -> LedgerReport:
         return await workflow.execute_activity_method(
             MaintenanceActivities.check_ledger,
+            start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=_RETRY,
+        )
+
+
+@workflow.defn(name="CleanupWorkflow")
+class CleanupWorkflow:
+    """Daily: hard-deletes what was soft-deleted more than 30 days ago, and stale cache
+    entries."""
+
+    @workflow.run
+    async def run(self) -> CleanupReport:
+        return await workflow.execute_activity_method(
+            MaintenanceActivities.clean_up,
+            start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=_RETRY,
+        )
+
+
+@workflow.defn(name="RenewalWorkflow")
+class RenewalWorkflow:
+    """Monthly: each account's plan credits for the month, once."""
+
+    @workflow.run
+    async def run(self) -> RenewalReport:
+        return await workflow.execute_activity_method(
+            MaintenanceActivities.renew_plans,
             start_to_close_timeout=timedelta(minutes=30),
             retry_policy=_RETRY,
         )
