@@ -1,11 +1,12 @@
-"""Replay of recorded workflow histories: a change to AnalysisWorkflow that would break runs
+"""Replay of recorded workflow histories: a change to a workflow that would break runs
 already in flight (a non-deterministic change) fails here, before it reaches a worker.
 
 The histories in tests/histories/ were recorded from the suite's own runs: each tier
 complete, a cache hit, provider failures retried, a fault storm, a provider down past its
 budget, a worker lost mid-call, a commit held up by a database outage, failures before and
 after the charge, a compensation retried, cancellations mid-scrape, by an operator and at
-the commit point; and batches: complete, continued as new, cancelled mid-way, and an item.
+the commit point; batches: complete, continued as new, cancelled mid-way, and an item;
+and each scheduled job.
 Record them again (`OSLIRA_RECORD_HISTORIES=1 make test`) only when no run of the old
 code can still be in flight; otherwise guard the change with `workflow.patched`.
 """
@@ -20,6 +21,12 @@ from temporalio.worker import Replayer
 from tests.helpers import HISTORIES
 from workflows.analysis import AnalysisWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
+from workflows.maintenance import (
+    CleanupWorkflow,
+    LedgerCheckWorkflow,
+    RenewalWorkflow,
+    StuckRunsWorkflow,
+)
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -47,6 +54,10 @@ def test_the_recorded_histories_cover_every_path():
         "bulk_complete",
         "bulk_continued_as_new",
         "bulk_cancelled",
+        "job_stuck_runs",
+        "job_ledger_check",
+        "job_cleanup",
+        "job_renewal",
     } <= names
 
 
@@ -54,7 +65,14 @@ def test_the_recorded_histories_cover_every_path():
 async def test_the_workflow_replays_a_recorded_history(path):
     history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[AnalysisWorkflow, BulkAnalysisWorkflow],
+        workflows=[
+            AnalysisWorkflow,
+            BulkAnalysisWorkflow,
+            StuckRunsWorkflow,
+            LedgerCheckWorkflow,
+            CleanupWorkflow,
+            RenewalWorkflow,
+        ],
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)  # raises on any non-determinism

@@ -33,7 +33,7 @@ from db import accounts, analyses, credits
 from db.migrate import migrate
 from db.pool import create_pool
 from tests.conftest import Account, Servers, app_client, make_settings
-from tests.helpers import process_env, start_ok, wait_for
+from tests.helpers import process_env, record_history, start_ok, wait_for
 
 
 @asynccontextmanager
@@ -53,8 +53,9 @@ async def own_stack(
         await task
 
 
-async def _run_job(client: Client, settings: Settings, name: str) -> Any:
-    """Triggers the job's schedule and waits for the workflow it started; its result."""
+async def _run_job(client: Client, settings: Settings, name: str, record: str | None = None) -> Any:
+    """Triggers the job's schedule and waits for the workflow it started; its result (and
+    its history kept as a replay fixture under `record`, when recording)."""
     handle = schedules.handle(client, settings, name)
     before = len((await handle.describe()).info.recent_actions)
     await handle.trigger()
@@ -62,7 +63,10 @@ async def _run_job(client: Client, settings: Settings, name: str) -> Any:
         actions = (await handle.describe()).info.recent_actions
         if len(actions) > before:
             started = actions[-1].action
-            return await client.get_workflow_handle(started.workflow_id).result()
+            result = await client.get_workflow_handle(started.workflow_id).result()
+            if record:
+                await record_history(client, "", record, workflow_id=started.workflow_id)
+            return result
         await asyncio.sleep(0.05)
     raise AssertionError(f"{name} did not start")
 
@@ -115,7 +119,7 @@ async def test_the_sweep_fails_and_refunds_a_run_whose_workflow_was_terminated(
         for run_id in (charged, str(lost), live):
             await _age(system_pool, run_id)
 
-        report = await _run_job(client, settings, "stuck-runs")
+        report = await _run_job(client, settings, "stuck-runs", "job_stuck_runs")
         assert {str(r) for r in report["failed"]} >= {charged, str(lost)}
         assert live not in {str(r) for r in report["failed"]}
         again = await _run_job(client, settings, "stuck-runs")  # nothing twice
@@ -213,7 +217,7 @@ async def test_the_ledger_check_job_reports_a_planted_violation(servers, system_
             await admin.execute(
                 "UPDATE credit_balances SET balance = 7 WHERE account_id = $1", planted.account_id
             )
-            report = await _run_job(client, settings, "ledger-check")
+            report = await _run_job(client, settings, "ledger-check", "job_ledger_check")
         finally:
             await admin.execute(
                 "UPDATE credit_balances SET balance = 5 WHERE account_id = $1", planted.account_id
@@ -309,7 +313,7 @@ async def test_cleanup_hard_deletes_what_was_deleted_30_days_ago_and_keeps_the_l
             ledger_before = await conn.fetch(
                 "SELECT id FROM credit_ledger WHERE account_id = $1 ORDER BY id", account.account_id
             )
-        report = await _run_job(client, settings, "cleanup")
+        report = await _run_job(client, settings, "cleanup", "job_cleanup")
     assert report["leads"] >= 2 and report["cache_entries"] >= 1
     async with system_pool.acquire() as conn:
         remaining = {
@@ -420,7 +424,7 @@ async def test_renewal_grants_each_plans_credits_once_per_period(servers, new_ac
         await conn.execute("UPDATE accounts SET plan = 'pro' WHERE id = $1", pro.account_id)
     async with own_stack(servers, plans=CLEANUP_PLANS) as (settings, _, client):
         await schedules.ensure(client, settings)
-        first = await _run_job(client, settings, "renewal")
+        first = await _run_job(client, settings, "renewal", "job_renewal")
         second = await _run_job(client, settings, "renewal")
     assert str(pro.account_id) in {str(a) for a in first["granted"]}
     assert str(pro.account_id) not in {str(a) for a in second["granted"]}
