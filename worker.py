@@ -21,6 +21,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.ai import AIActivities
 from activities.batches import BatchActivities
+from activities.billing import BillingActivities
 from activities.cache import CacheActivities
 from activities.compensation import CompensationActivities
 from activities.credits import CreditActivities
@@ -35,6 +36,7 @@ from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.apify import APIFY, ApifyScraper
 from providers.cache import PostgresProfileCache
 from workflows.analysis import AnalysisWorkflow
+from workflows.billing import StripeEventWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
 from workflows.maintenance import (
     CleanupWorkflow,
@@ -91,6 +93,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
         maintenance = MaintenanceActivities(pool, client, settings)
+        billing = BillingActivities(pool, settings)
 
         activities: list[Callable[..., Any]] = [
             credit.deduct_credits,
@@ -108,6 +111,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             maintenance.check_ledger,
             maintenance.clean_up,
             maintenance.renew_plans,
+            billing.process_stripe_event,
+            billing.dead_letter,
         ]
         separate_scrape_queue = settings.scrape_queue != settings.task_queue
         if not separate_scrape_queue:
@@ -128,6 +133,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     LedgerCheckWorkflow,
                     CleanupWorkflow,
                     RenewalWorkflow,
+                    StripeEventWorkflow,
                 ],
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),

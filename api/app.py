@@ -13,7 +13,17 @@ from fastapi_offline import FastAPIOffline
 from api import errors, openapi
 from api.deps import TemporalHealth
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
-from api.routes import analysis, api_keys, bulk, business_profiles, credits, health, leads, me
+from api.routes import (
+    analysis,
+    api_keys,
+    bulk,
+    business_profiles,
+    credits,
+    health,
+    leads,
+    me,
+    webhooks,
+)
 from core import temporal
 from core.settings import Settings, load_settings
 from db.pool import create_pool
@@ -74,6 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added runs first: the request id exists before the gate answers.
     app.add_middleware(RequestGateMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware)
-    for module in (me, analysis, bulk, leads, business_profiles, credits, api_keys, health):
+    for module in (
+        me,
+        analysis,
+        bulk,
+        leads,
+        business_profiles,
+        credits,
+        api_keys,
+        webhooks,
+        health,
+    ):
         app.include_router(module.router)
     return app

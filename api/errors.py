@@ -83,6 +83,11 @@ class ErrorResponse(BaseModel):
 
 # What each error status means, and the answer a client most often sees with it.
 ERROR_STATUSES: dict[int, tuple[str, str, str]] = {
+    400: (
+        "The request is not what this endpoint takes (a webhook's signature or body)",
+        "invalid_signature",
+        "The Stripe-Signature does not match, or is too old.",
+    ),
     401: ("Missing, expired or invalid bearer token", "unauthorized", "The token has expired."),
     402: (
         "Not enough credits",

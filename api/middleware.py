@@ -68,8 +68,9 @@ class RequestContextMiddleware:
             )
 
 
-# /api paths anyone may read, with no token: what reads no account's data.
-PUBLIC_PATHS = frozenset({"/api/credits/pricing"})
+# /api paths that take no bearer token: what reads no account's data, and Stripe's
+# webhook (signed instead).
+PUBLIC_PATHS = frozenset({"/api/credits/pricing", "/api/webhooks/stripe"})
 
 
 class RequestGateMiddleware:

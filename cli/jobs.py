@@ -127,3 +127,64 @@ def ledger_check() -> None:
     if violations:
         fail(f"{len(violations)} ledger invariant violation(s)")
     typer.echo("the ledger is sound")
+
+
+webhooks_app = typer.Typer(no_args_is_help=True, help="Stripe webhook events.")
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    failed: Annotated[bool, typer.Option("--failed", help="Only the dead-lettered ones")] = False,
+) -> None:
+    """Stored Stripe events, one JSON object per line (with --failed: those that kept failing,
+    with their last error)."""
+    from db import stripe_events
+
+    settings = settings_or_exit()
+
+    async def work(conn: Any) -> list[Any]:
+        if failed:
+            return list(await stripe_events.failed(conn))
+        return list(await stripe_events.recent(conn))
+
+    for row in run_with_system_connection(settings, work):
+        _echo_json(dict(row))
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(event_id: Annotated[str, typer.Argument(help="evt_...")]) -> None:
+    """Process a dead-lettered event again (once: an event already applied is not applied
+    twice), and wait for the outcome."""
+    from temporalio.common import WorkflowIDReusePolicy
+
+    from core.models import StripeEventInput
+    from db import stripe_events
+    from workflows.billing import StripeEventWorkflow, stripe_workflow_id
+
+    settings = settings_or_exit()
+
+    async def reopen(conn: Any) -> str | None:
+        return await stripe_events.reopen(conn, event_id)
+
+    status = run_with_system_connection(settings, reopen)
+    if status is None:
+        fail(f"no stored Stripe event {event_id}")
+    if status in ("processed", "ignored"):
+        typer.echo(f"{event_id} was already {status}: nothing to do")
+        return
+
+    async def work(client: Any, settings: Any) -> str:
+        handle = await client.start_workflow(
+            StripeEventWorkflow.run,
+            StripeEventInput(event_id=event_id, attempts=settings.stripe_event_attempts),
+            id=stripe_workflow_id(event_id),
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+        result: str = await handle.result()
+        return result
+
+    outcome = _with_client(work)
+    typer.echo(f"{event_id}: {outcome}")
+    if outcome == "failed":
+        raise typer.Exit(1)

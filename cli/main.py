@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.batch import batch_app
-from cli.jobs import ledger_app, schedules_app
+from cli.jobs import ledger_app, schedules_app, webhooks_app
 from cli.operators import (
     accounts_app,
     api_keys_app,
@@ -32,6 +32,7 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(batch_app, name="batch")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _logging(verbose: bool = False) -> None:

@@ -353,3 +353,13 @@ class CleanupReport(BaseModel):
 class RenewalReport(BaseModel):
     period: str  # the month's first day
     granted: list[UUID]
+
+
+class StripeEventInput(BaseModel):
+    event_id: str
+    attempts: int = 8  # tries before the event is dead-lettered
+
+
+class DeadLetterInput(BaseModel):
+    event_id: str
+    error: str

@@ -57,6 +57,20 @@ DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
 }
 
 
+class CreditPackage(BaseModel):
+    """Credits sold in one Stripe Checkout payment."""
+
+    credits: int = Field(ge=1)
+    amount_cents: int = Field(ge=50, description="Price, in the currency's smallest unit")
+    currency: str = "usd"
+
+
+DEFAULT_PACKAGES: dict[str, CreditPackage] = {
+    "starter": CreditPackage(credits=100, amount_cents=1_000),
+    "growth": CreditPackage(credits=500, amount_cents=4_500),
+    "scale": CreditPackage(credits=2_000, amount_cents=16_000),
+}
+
 PLAN_NAME = r"^[a-z0-9_-]{1,40}$"  # as the accounts table's CHECK has it
 FREE_PLAN = "free"  # every account's plan until billing says otherwise
 
@@ -190,6 +204,11 @@ class Settings(BaseSettings):
     cache_ttl_hours_xray: float = 6
     # Plans by name (accounts.plan), as JSON in PLANS: allowances and rate limits.
     plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
+    # Stripe: the credit packages sold (JSON in PACKAGES), and the webhook endpoint's
+    # signing secret (webhooks answer 503 without it).
+    packages: dict[str, CreditPackage] = Field(default_factory=lambda: dict(DEFAULT_PACKAGES))
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_event_attempts: int = Field(default=8, ge=1, description="before dead-lettering")
 
     # The provider budget of each scrape and each AI call (README: "How an analysis runs").
     provider_attempts: int = Field(default=8, ge=1)

@@ -30,6 +30,7 @@ from db.migrate import migrate
 from db.pool import create_pool
 
 JWT_SECRET = secrets.token_urlsafe(32)
+STRIPE_WEBHOOK_SECRET = f"whsec_{secrets.token_hex(16)}"
 
 
 @dataclass
@@ -85,6 +86,7 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "openai_base_url": f"{servers.simulator_url}/v1",
         "openai_api_key": "test-key",
         "jwt_secret": JWT_SECRET,
+        "stripe_webhook_secret": STRIPE_WEBHOOK_SECRET,
         "db_pool_max": 20,
         # No free allowance and no practical rate limit unless a test gives them.
         "plans": {

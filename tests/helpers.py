@@ -138,6 +138,11 @@ def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
         "OPENAI_BASE_URL": str(settings.openai_base_url),
         "OPENAI_API_KEY": settings.openai_api_key.get_secret_value(),
         "JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        **(
+            {"STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret.get_secret_value()}
+            if settings.stripe_webhook_secret
+            else {}
+        ),
         "PLANS": json.dumps(
             {name: plan.model_dump(mode="json") for name, plan in settings.plans.items()}
         ),

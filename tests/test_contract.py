@@ -18,6 +18,7 @@ from tests.conftest import make_settings
 from tests.helpers import ApiProcess, running_api
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+CONFIG = Path(__file__).parent / "schemathesis.toml"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def contract_api(servers) -> Iterator[ApiProcess]:
 
 
 def _schemathesis(api: ApiProcess, *headers: str) -> subprocess.CompletedProcess[str]:
-    args = [SCHEMATHESIS, "run", f"{api.url}/openapi.json", "--checks", "all"]
+    args = [SCHEMATHESIS, "--config-file", str(CONFIG), "run", f"{api.url}/openapi.json"]
+    args += ["--checks", "all"]
     args += ["--max-examples", "20", "--seed", "1", "--generation-database", "none"]
     args += ["--no-color", "--request-timeout", "10"]
     for header in headers:

@@ -466,6 +466,14 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
         PRIVILEGE,
     ),
     ("rate_limits", "delete own", "DELETE FROM rate_limits WHERE account_id = {a}", PRIVILEGE),
+    # stripe_events: nothing for the API role (it stores events through a function)
+    ("stripe_events", "read", "SELECT count(*) FROM stripe_events", PRIVILEGE),
+    (
+        "stripe_events",
+        "insert",
+        "INSERT INTO stripe_events (id, type, payload) VALUES ('evt_x', 'x', '{{}}')",
+        PRIVILEGE,
+    ),
     # api_keys: the tenant's own, created and revoked, never rewritten or deleted
     ("api_keys", "read other", "SELECT count(*) FROM api_keys WHERE account_id = {b}", 0),
     (

@@ -6,7 +6,7 @@ complete, a cache hit, provider failures retried, a fault storm, a provider down
 budget, a worker lost mid-call, a commit held up by a database outage, failures before and
 after the charge, a compensation retried, cancellations mid-scrape, by an operator and at
 the commit point; batches: complete, continued as new, cancelled mid-way, and an item;
-and each scheduled job.
+each scheduled job, and a Stripe purchase event.
 Record them again (`OSLIRA_RECORD_HISTORIES=1 make test`) only when no run of the old
 code can still be in flight; otherwise guard the change with `workflow.patched`.
 """
@@ -20,6 +20,7 @@ from temporalio.worker import Replayer
 
 from tests.helpers import HISTORIES
 from workflows.analysis import AnalysisWorkflow
+from workflows.billing import StripeEventWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
 from workflows.maintenance import (
     CleanupWorkflow,
@@ -58,6 +59,7 @@ def test_the_recorded_histories_cover_every_path():
         "job_ledger_check",
         "job_cleanup",
         "job_renewal",
+        "stripe_purchase",
     } <= names
 
 
@@ -72,6 +74,7 @@ async def test_the_workflow_replays_a_recorded_history(path):
             LedgerCheckWorkflow,
             CleanupWorkflow,
             RenewalWorkflow,
+            StripeEventWorkflow,
         ],
         data_converter=pydantic_data_converter,
     )

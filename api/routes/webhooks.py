@@ -1,0 +1,98 @@
+"""Stripe's webhook: the signature checked on the raw body, the event stored once, and its
+workflow (`stripe-<event id>`) started to apply it (DESIGN.md section 8)."""
+
+from __future__ import annotations
+
+import json
+
+import stripe
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+from temporalio.common import WorkflowIDReusePolicy
+
+from api import runs
+from api.deps import SettingsDep, Temporal, TemporalState
+from api.errors import ApiError, Unavailable, error_entry, error_example
+from core.models import StripeEventInput
+from db import stripe_events
+from db.pool import connection
+from workflows.billing import StripeEventWorkflow, stripe_workflow_id
+
+router = APIRouter(tags=["webhooks"])
+
+
+class BadWebhook(ApiError):
+    status, code = 400, "invalid_signature"
+
+
+class WebhookAck(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"received": True, "duplicate": False}]}
+    )
+
+    received: bool
+    duplicate: bool
+
+
+@router.post(
+    "/api/webhooks/stripe",
+    response_model=WebhookAck,
+    summary="Stripe's events (signed; no bearer token)",
+    responses={
+        400: error_entry(
+            400, error_example(400, "invalid_signature", "The Stripe-Signature does not match.")
+        ),
+        503: error_entry(503),
+    },
+)
+async def stripe_webhook(
+    request: Request, settings: SettingsDep, temporal: Temporal, health: TemporalState
+) -> WebhookAck:
+    """The signature is checked on the raw body (`Stripe-Signature`, 5 minutes of
+    tolerance): a missing, wrong or stale one answers 400 and stores nothing. A valid event
+    is stored once by its id, and its workflow started (a repeat delivery changes nothing).
+    Temporal out of reach answers 503 once the event is stored, so Stripe delivers it again
+    and its workflow starts then."""
+    secret = settings.stripe_webhook_secret
+    if secret is None:
+        raise Unavailable("Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET).")
+    raw = await request.body()
+    header = request.headers.get("stripe-signature")
+    if not header:
+        raise BadWebhook("The Stripe-Signature header is missing.", field="Stripe-Signature")
+    try:
+        event = stripe.Webhook.construct_event(raw, header, secret.get_secret_value())
+    except stripe.SignatureVerificationError:
+        raise BadWebhook(
+            "The Stripe-Signature does not match, or is too old.", field="Stripe-Signature"
+        ) from None
+    except ValueError:
+        raise BadWebhook("The body is not a Stripe event.", code="invalid_payload") from None
+    payload = json.loads(raw)
+    event_id, event_type = payload.get("id"), payload.get("type")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or not event_type:
+        raise BadWebhook("The body is not a Stripe event.", code="invalid_payload")
+    async with connection(request.app.state.pool) as conn:
+        new = await stripe_events.receive(conn, event_id, str(event_type), payload)
+
+    async def stored() -> bool:
+        return True  # the event stays stored; a later delivery starts its workflow
+
+    await runs.start_workflow(
+        temporal,
+        settings,
+        health,
+        StripeEventWorkflow.run,
+        StripeEventInput(event_id=event.id, attempts=settings.stripe_event_attempts),
+        {
+            "id": stripe_workflow_id(event.id),
+            "task_queue": settings.task_queue,
+            # A delivery after the event was applied starts nothing (a replay does).
+            "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        },
+        give_up=stored,
+        unavailable=lambda: Unavailable(
+            "The event is stored but could not be queued; deliver it again."
+        ),
+    )
+    return WebhookAck(received=True, duplicate=not new)
