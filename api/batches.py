@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -29,7 +29,7 @@ from core.models import BulkInput
 from core.progress import Tracker
 from core.settings import Settings
 from core.tiers import Tier
-from db import allowances, batches, business_profiles, credits
+from db import batches, business_profiles, credits
 from db.pool import Connection
 from workflows.bulk import BulkAnalysisWorkflow, bulk_start_options, bulk_workflow_id
 
@@ -136,7 +136,7 @@ async def _accept(
                         len(accepted),
                         scope.rate_limits,
                     )
-                month, free = await _free_units(
+                month, free = await runs.free_units(
                     conn, scope.account_id, settings, request.analysis_type, len(accepted)
                 )
                 paid = len(accepted) - free
@@ -184,20 +184,6 @@ async def _accept(
                 return earlier
             raise
     return row  # complete at once when every username was rejected
-
-
-async def _free_units(
-    conn: Connection, account_id: UUID, settings: Settings, tier: Tier, wanted: int
-) -> tuple[date | None, int]:
-    """How many of `wanted` items the free allowance of this month still covers, once what
-    is drawn and promised is counted (the caller holds the account's lock)."""
-    plan = settings.plan(await allowances.account_plan(conn, account_id))
-    allowance = plan.allowances.get(tier, 0)
-    if allowance <= 0 or wanted == 0:
-        return None, 0
-    month = await allowances.current_month(conn)
-    left = allowance - await allowances.committed(conn, account_id, month, tier.value)
-    return month, max(0, min(left, wanted))
 
 
 async def _start_workflow(

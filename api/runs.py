@@ -43,19 +43,19 @@ from workflows.analysis import AnalysisWorkflow, start_options
 log = logging.getLogger(__name__)
 
 
-async def _free_month(
-    conn: Connection, account_id: UUID, settings: Settings, tier: Tier
-) -> date | None:
-    """The month whose free allowance covers one more run of `tier`, if a unit is left once
-    what is drawn and promised is counted (the caller holds the account's lock)."""
+async def free_units(
+    conn: Connection, account_id: UUID, settings: Settings, tier: Tier, wanted: int
+) -> tuple[date | None, int]:
+    """How many of `wanted` analyses of `tier` this month's free allowance still covers,
+    once what is drawn and promised is counted, and that month (the caller holds the
+    account's lock): runs want one, batches their accepted items."""
     plan = settings.plan(await allowances.account_plan(conn, account_id))
     allowance = plan.allowances.get(tier, 0)
-    if allowance <= 0:
-        return None
+    if allowance <= 0 or wanted == 0:
+        return None, 0
     month = await allowances.current_month(conn)
-    if await allowances.committed(conn, account_id, month, tier.value) >= allowance:
-        return None
-    return month
+    left = allowance - await allowances.committed(conn, account_id, month, tier.value)
+    return month, max(0, min(left, wanted))
 
 
 async def start(
@@ -103,7 +103,9 @@ async def start(
                 await ratelimit.check(
                     conn, settings, scope.account_id, "analyses", 1, scope.rate_limits
                 )
-                month = await _free_month(conn, scope.account_id, settings, request.analysis_type)
+                month, free = await free_units(
+                    conn, scope.account_id, settings, request.analysis_type, 1
+                )
                 row = await analyses.insert_pending(
                     conn,
                     account_id=scope.account_id,
@@ -115,10 +117,10 @@ async def start(
                     progress=Tracker.accepted(run_id, accepted_at).document,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
-                    allowance_month=month,
+                    allowance_month=month if free else None,
                 )
                 funds = await credits.available(conn, scope.account_id)
-                if month is None and funds.credits < 0:
+                if not free and funds.credits < 0:
                     raise credits.InsufficientCredits(
                         funds.balance, cost, promised=funds.promised - cost
                     )

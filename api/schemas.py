@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -246,6 +246,13 @@ class Page(BaseModel, Generic[T]):
     page_size: int = Field(examples=[50])
     total: int = Field(description="Items across all pages", examples=[1])
     data: list[T]
+
+
+def assume_utc(moment: datetime | None) -> datetime | None:
+    """A date given without a zone (a query string's) is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 # PostgreSQL text cannot hold NUL: the schema says so, and `no_nul` refuses it.

@@ -116,6 +116,21 @@ async def insert_run(pool: asyncpg.Pool, account: Account, username: str, cost: 
 
 
 @asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[None]:
+    """An in-process worker for `settings` (its own task queue, plans, packages) while the
+    block runs."""
+    import worker as worker_module
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker_module.run(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+@asynccontextmanager
 async def as_tenant(conn: asyncpg.Connection, account_id: UUID) -> AsyncIterator[None]:
     """A transaction in which row level security sees `account_id`, as the API's are."""
     async with conn.transaction():

@@ -14,11 +14,10 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-import worker as worker_module
 from core.settings import Settings
 from db import credits
 from tests.conftest import Account, Servers, app_client, make_settings
-from tests.helpers import start, start_ok, wait_for
+from tests.helpers import running_worker, start, start_ok, wait_for
 
 PLANS: dict[str, Any] = {
     "free": {"name": "Free", "allowances": {"light": 5}},
@@ -37,17 +36,6 @@ async def stack(servers: Servers, *, worker: bool = True) -> AsyncIterator[tuple
             return
         async with running_worker(settings):
             yield settings, api
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker_module.run(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def _units(pool: asyncpg.Pool, account: Account) -> Counter[str]:

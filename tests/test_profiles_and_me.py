@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -10,12 +9,11 @@ from uuid import uuid4
 
 import httpx
 
-import worker as worker_module
 from core.auth import mint_token
 from core.settings import Settings
 from db import accounts, credits
 from tests.conftest import Account, app_client, make_settings
-from tests.helpers import wait_for
+from tests.helpers import running_worker, wait_for
 
 PROFILE = {
     "name": "Acme Fitness",
@@ -31,17 +29,6 @@ async def held(servers) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
     settings = make_settings(servers, task_queue=f"held-{uuid4().hex[:8]}")
     async with app_client(settings) as api:
         yield settings, api
-
-
-@asynccontextmanager
-async def worker_for(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker_module.run(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def _start(api: httpx.AsyncClient, account: Account, username: str, profile: str) -> str:
@@ -85,7 +72,7 @@ async def test_replace_and_delete_with_runs_waiting_for_their_charge(
             await api.delete(f"/api/business-profiles/{doomed_id}", headers=account.headers)
         ).status_code == 204
 
-        async with worker_for(settings):
+        async with running_worker(settings):
             kept_done = await wait_for(api, account, kept_run)
             doomed_done = await wait_for(api, account, doomed_run)
         assert kept_done["status"] == "complete"

@@ -20,7 +20,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-import worker as worker_module
 from activities.compensation import CompensationActivities
 from activities.maintenance import MaintenanceActivities
 from core import schedules, temporal
@@ -33,7 +32,7 @@ from db import accounts, analyses, credits
 from db.migrate import migrate
 from db.pool import create_pool
 from tests.conftest import Account, Servers, app_client, make_settings
-from tests.helpers import process_env, record_history, start_ok, wait_for
+from tests.helpers import process_env, record_history, running_worker, start_ok, wait_for
 
 
 @asynccontextmanager
@@ -43,14 +42,8 @@ async def own_stack(
     """An API and a worker on a queue of their own (the schedules start workflows there)."""
     settings = make_settings(servers, task_queue=f"jobs-{uuid4().hex[:8]}", **overrides)
     client = await temporal.connect(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker_module.run(settings, stop))
-    try:
-        async with app_client(settings) as api:
-            yield settings, api, client
-    finally:
-        stop.set()
-        await task
+    async with running_worker(settings), app_client(settings) as api:
+        yield settings, api, client
 
 
 async def _run_job(client: Client, settings: Settings, name: str, record: str | None = None) -> Any:

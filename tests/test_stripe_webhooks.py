@@ -16,19 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import httpx
 
-import worker as worker_module
-from core.settings import DEFAULT_PACKAGES, Settings
+from core.settings import DEFAULT_PACKAGES
 from db import credits
 from tests.conftest import STRIPE_WEBHOOK_SECRET, Account, app_client, make_settings
-from tests.helpers import process_env, record_history
+from tests.helpers import process_env, record_history, running_worker
 
 PATH = "/api/webhooks/stripe"
 
@@ -149,21 +146,15 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_others_are_ignor
     settings = make_settings(
         servers, task_queue=f"stripe-{uuid4().hex[:8]}", stripe_event_attempts=2
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker_module.run(settings, stop))
-    try:
-        async with app_client(settings) as api:
-            mispriced = _event(account, amount_total=1)
-            assert (await _deliver(api, *_signed(mispriced))).status_code == 200
-            await _status(system_pool, mispriced["id"], "failed")
-            unpaid = _event(account, payment_status="unpaid")
-            other = _event(account) | {"type": "customer.created"}
-            for event in (unpaid, other):
-                assert (await _deliver(api, *_signed(event))).status_code == 200
-                await _status(system_pool, event["id"], "ignored")
-    finally:
-        stop.set()
-        await task
+    async with running_worker(settings), app_client(settings) as api:
+        mispriced = _event(account, amount_total=1)
+        assert (await _deliver(api, *_signed(mispriced))).status_code == 200
+        await _status(system_pool, mispriced["id"], "failed")
+        unpaid = _event(account, payment_status="unpaid")
+        other = _event(account) | {"type": "customer.created"}
+        for event in (unpaid, other):
+            assert (await _deliver(api, *_signed(event))).status_code == 200
+            await _status(system_pool, event["id"], "ignored")
     row = await system_pool.fetchrow(
         "SELECT attempts, last_error FROM stripe_events WHERE id = $1", mispriced["id"]
     )
@@ -222,14 +213,3 @@ async def test_a_dead_lettered_event_is_listed_and_replayed_once(servers, new_ac
         assert missing.returncode == 1 and "no stored Stripe event" in missing.stderr
     async with system_pool.acquire() as conn:
         assert await credits.balance(conn, account.account_id) == 900
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker_module.run(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from api.schemas import (
     TierPrice,
     TierUsageOut,
     UsageResponse,
+    assume_utc,
 )
 from core.tiers import Tier
 from db import allowances, credits
@@ -35,10 +36,6 @@ async def get_balance(scope: Tenant) -> BalanceResponse:
     async with scope.transaction() as conn:
         value = await credits.balance(conn, scope.account_id)
     return BalanceResponse(account_id=scope.account_id, balance=value)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @router.get(
@@ -65,7 +62,7 @@ async def list_transactions(
     ] = None,
 ) -> Page[LedgerEntry]:
     """`from` is inclusive, `to` exclusive; a range that is empty matches nothing."""
-    since, until = _aware(since), _aware(until)
+    since, until = assume_utc(since), assume_utc(until)
     where = credits.LedgerFilter(
         kind=kind.value if kind else None,
         since=since,

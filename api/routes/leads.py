@@ -28,6 +28,7 @@ from api.schemas import (
     LeadSort,
     Page,
     SortOrder,
+    assume_utc,
 )
 from core.tiers import Tier
 from db import analyses, leads
@@ -40,13 +41,6 @@ router = APIRouter(prefix="/api/leads", tags=["leads"])
 LeadId = Annotated[UUID, Path(description="The lead's id", examples=[examples.LEAD_ID])]
 _LEAD_NOT_FOUND = error_example(404, "lead_not_found", "No such lead.")
 EXPORT_CHUNK = 1_000  # leads read per short transaction while an export streams
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """A date without a zone is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def lead_filter(
@@ -87,8 +81,8 @@ def lead_filter(
         max_score=max_score,
         analysis_type=analysis_type.value if analysis_type else None,
         q=q,
-        analyzed_after=_aware(analyzed_after),
-        analyzed_before=_aware(analyzed_before),
+        analyzed_after=assume_utc(analyzed_after),
+        analyzed_before=assume_utc(analyzed_before),
     )
 
 
