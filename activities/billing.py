@@ -1,5 +1,8 @@
 """Stripe events, processed once each (DESIGN.md section 8): a completed Checkout payment
-grants its package's credits, once per session, whatever the number of deliveries."""
+grants its package's credits, once per session, whatever the number of deliveries;
+subscription and invoice events re-read the subscription from Stripe (events arrive out of
+order; the object's current state does not) and apply it: the account's plan, and the
+period's credits once the period's invoice is paid, once per subscription and period."""
 
 from __future__ import annotations
 
@@ -8,12 +11,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import stripe
 from temporalio import activity
 
 from core.models import DeadLetterInput
-from core.settings import Settings
-from db import accounts, credits, stripe_events
+from core.settings import FREE_PLAN, Settings
+from db import accounts, billing, credits, stripe_events
 from db.pool import Connection, connection
+from providers import billing as stripe_api
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +27,96 @@ class UnusableEvent(Exception):
     """An event this system cannot apply as it is: retried, then dead-lettered."""
 
 
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    }
+)
+INVOICE_EVENTS = frozenset({"invoice.paid", "invoice.payment_failed"})
+
+
+def period_grant_key(subscription_id: str, period_start: str) -> str:
+    """One grant per subscription and period, whether the invoice's event or the renewal
+    job applies it first."""
+    return f"renewal:{subscription_id}:{period_start}"
+
+
+class SubscriptionSync:
+    """Brings one subscription from Stripe into the database, in the caller's transaction."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: stripe.StripeClient | None = None
+
+    def _stripe(self) -> stripe.StripeClient:
+        if self._client is None:
+            try:
+                self._client = stripe_api.client(self._settings)
+            except stripe_api.StripeNotConfigured as exc:
+                raise UnusableEvent(str(exc)) from None
+        return self._client
+
+    async def sync(self, conn: Connection, subscription_id: str) -> bool:
+        """Re-reads the subscription (its latest invoice expanded), under a lock per
+        subscription so two events for it apply one after the other; stores it, settles the
+        account's plan, and grants the current period's credits when its invoice is paid.
+        Answers whether credits were granted now."""
+        await billing.lock_subscription(conn, subscription_id)
+        try:
+            found = await self._stripe().v1.subscriptions.retrieve_async(
+                subscription_id, params={"expand": ["latest_invoice"]}
+            )
+        except stripe.StripeError as exc:
+            raise stripe_api.provider_error(exc) from None
+        facts = stripe_api.subscription_facts(stripe_api.as_dict(found), self._settings.plans)
+        if facts.plan is None:
+            raise UnusableEvent(f"subscription {facts.id}: no configured plan matches it")
+        account_id = await conn.fetchval(
+            "SELECT id FROM accounts WHERE stripe_customer_id = $1", facts.customer_id
+        )
+        hint = facts.account_hint
+        if account_id is None and hint is not None and await accounts.account_exists(conn, hint):
+            account_id = hint
+        if account_id is None:
+            raise UnusableEvent(f"subscription {facts.id}: no account for {facts.customer_id}")
+        await billing.store(
+            conn,
+            billing.SubscriptionState(
+                id=facts.id,
+                account_id=account_id,
+                customer_id=facts.customer_id,
+                plan=facts.plan,
+                status=facts.status,
+                current_period_start=facts.period_start,
+                current_period_end=facts.period_end,
+                cancel_at_period_end=facts.cancel_at_period_end,
+                canceled_at=facts.canceled_at,
+            ),
+        )
+        await billing.settle_plan(conn, account_id, FREE_PLAN)
+        amount = self._settings.plan(facts.plan).monthly_credits
+        if not facts.period_paid or amount == 0:
+            return False
+        start = facts.period_start.isoformat()
+        movement = await credits.grant(
+            conn,
+            account_id=account_id,
+            amount=amount,
+            key=period_grant_key(facts.id, start),
+            kind="renewal",
+            reference=facts.id,
+            description=f"{facts.plan} plan credits from {facts.period_start:%Y-%m-%d}",
+        )
+        return movement.new
+
+
 class BillingActivities:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self._settings = settings
+        self._subscriptions = SubscriptionSync(settings)
 
     @activity.defn
     async def process_stripe_event(self, event_id: str) -> str:
@@ -44,13 +135,23 @@ class BillingActivities:
 
     async def _apply(self, conn: Connection, event_type: str, payload: dict[str, Any]) -> str:
         obj = payload.get("data", {}).get("object", {})
+        subscription: str | None = None
         if event_type == "checkout.session.completed":
-            return await self._checkout_completed(conn, obj)
-        return "ignored"  # subscriptions and invoices come with the billing issue
+            if obj.get("mode") != "subscription":
+                return await self._checkout_completed(conn, obj)
+            subscription = obj.get("subscription")
+        elif event_type in SUBSCRIPTION_EVENTS:
+            subscription = obj.get("id")
+        elif event_type in INVOICE_EVENTS:
+            subscription = stripe_api.invoice_subscription(obj)
+        if not subscription:
+            return "ignored"
+        await self._subscriptions.sync(conn, str(subscription))
+        return "processed"
 
     async def _checkout_completed(self, conn: Connection, session: dict[str, Any]) -> str:
-        if session.get("mode") != "payment" or session.get("payment_status") != "paid":
-            return "ignored"  # a subscription, or a payment still settling
+        if session.get("payment_status") != "paid":
+            return "ignored"  # a payment still settling
         metadata = session.get("metadata") or {}
         name = metadata.get("package")
         package = self._settings.packages.get(str(name))

@@ -11,6 +11,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.batches import STOP_CHUNK
+from activities.billing import SubscriptionSync, UnusableEvent
 from activities.common import never_giving_up
 from core.errors import ErrorCode, user_message
 from core.models import CleanupReport, LedgerReport, RenewalReport, SweepInput, SweepOutput
@@ -18,8 +19,9 @@ from core.progress import IN_FLIGHT, RunError, RunStatus, Tracker
 from core.settings import Settings
 from core.temporal import workflow_id
 from core.tiers import Tier
-from db import analyses, batches, credits, maintenance
+from db import analyses, batches, billing, credits, maintenance
 from db.pool import connection
+from providers.errors import ProviderRejected, ProviderUnavailable
 from workflows.bulk import bulk_workflow_id
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class MaintenanceActivities:
         self._pool = pool
         self._client = client
         self._settings = settings
+        self._subscriptions = SubscriptionSync(settings)
 
     async def _state(self, workflow: str) -> str:
         """`running`, `closed` (terminated, failed, timed out, ...) or `missing` (never
@@ -178,9 +181,11 @@ class MaintenanceActivities:
     @activity.defn
     @never_giving_up
     async def renew_plans(self) -> RenewalReport:
-        """Grants every account whose plan has monthly credits its grant for this month,
-        once per account and month. (Plans billed through Stripe invoices will be granted
-        by the invoice instead, with the billing issue.)"""
+        """Accounts whose plan is not billed through Stripe get their plan's monthly credits,
+        once per account and month. Each subscription billed through Stripe is re-read
+        instead: its current period is granted once paid, once per subscription and period,
+        whether its invoice's event got there first or not (a lost event is caught here).
+        A subscription Stripe cannot be asked about now makes the job try again."""
         grants = {
             name: plan.monthly_credits
             for name, plan in self._settings.plans.items()
@@ -189,5 +194,27 @@ class MaintenanceActivities:
         async with connection(self._pool) as conn:
             period = await maintenance.renewal_period(conn)
             granted = await maintenance.renew(conn, grants, period) if grants else []
-        log.info("renewal for %s: %d accounts granted", period, len(granted))
-        return RenewalReport(period=period.isoformat(), granted=granted)
+            subscriptions = await billing.live_ids(conn)
+        renewed, unavailable = [], []
+        for subscription in subscriptions:
+            try:
+                async with connection(self._pool) as conn, conn.transaction():
+                    if await self._subscriptions.sync(conn, subscription):
+                        renewed.append(subscription)
+            except ProviderUnavailable as exc:
+                unavailable.append(f"{subscription}: {exc.message}")
+            except (UnusableEvent, ProviderRejected) as exc:
+                # Not this job's to fix (a plan no longer configured, a subscription Stripe
+                # no longer knows): logged, and the other subscriptions go on.
+                log.error("renewal of %s: %s", subscription, exc)
+        log.info(
+            "renewal for %s: %d accounts and %d subscriptions granted",
+            period,
+            len(granted),
+            len(renewed),
+        )
+        if unavailable:
+            raise ProviderUnavailable("stripe", "; ".join(unavailable))
+        return RenewalReport(
+            period=period.isoformat(), granted=granted, subscriptions_granted=renewed
+        )

@@ -16,6 +16,7 @@ from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import (
     analysis,
     api_keys,
+    billing,
     bulk,
     business_profiles,
     credits,
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
-    openapi.install(app)
+    openapi.install(app, settings)
 
     # The last added runs first: the request id exists before the gate answers.
     app.add_middleware(RequestGateMiddleware, settings=settings)
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         leads,
         business_profiles,
         credits,
+        billing,
         api_keys,
         webhooks,
         health,

@@ -62,6 +62,10 @@ class TooManyRequests(ApiError):
     status, code = 429, "rate_limited"
 
 
+class BadGateway(ApiError):
+    status, code = 502, "payment_provider_error"
+
+
 class Unavailable(ApiError):
     status, code, message = 503, "service_unavailable", "A backing service is unavailable."
 
@@ -113,6 +117,11 @@ ERROR_STATUSES: dict[int, tuple[str, str, str]] = {
         "resets); retry after Retry-After seconds",
         "rate_limited",
         "The free plan allows 600 requests a minute. Retry in 12 s.",
+    ),
+    502: (
+        "The payment provider (Stripe) failed or refused the call; nothing was changed here",
+        "payment_provider_error",
+        "Stripe did not answer; retry shortly.",
     ),
     503: (
         "A backing service (database, Temporal) is unavailable; retry shortly",

@@ -310,8 +310,11 @@ PRICING: dict[str, Any] = {
             "analyses_per_hour": 100,
             "requests_per_minute": 600,
             "monthly_credits": 0,
+            "price_cents": 0,
+            "currency": "usd",
         }
     ],
+    "packages": [{"id": "starter", "credits": 100, "amount_cents": 1000, "currency": "usd"}],
 }
 USAGE: dict[str, Any] = {
     "month": "2026-11",
@@ -333,4 +336,17 @@ USAGE: dict[str, Any] = {
             "allowance_left": 0,
         }
     ],
+}
+CHECKOUT: dict[str, Any] = {
+    "session_id": "cs_test_a1b2c3d4e5f6a7b8c9d0e1f2",
+    "url": "https://checkout.stripe.com/c/pay/cs_test_a1b2c3d4e5f6a7b8c9d0e1f2",
+}
+SUBSCRIPTION: dict[str, Any] = {
+    "plan": "pro",
+    "status": "active",
+    "subscription_id": "sub_1a2b3c4d5e6f7a8b9c0d1e2f",
+    "current_period_start": "2026-11-01T03:00:00Z",
+    "current_period_end": "2026-12-01T03:00:00Z",
+    "cancel_at_period_end": False,
+    "credits_per_period": 500,
 }

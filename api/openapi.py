@@ -7,7 +7,8 @@ FastAPI writes it from the routes; this completes what the routes cannot say:
 - an example on every request body, parameter and response, taken from the schemas' own
   examples (api/examples.py) or composed from their fields';
 - parameters that are absent or a value, never `null` (a header or a query string cannot
-  carry JSON's null), and HEAD answers without a body.
+  carry JSON's null), and HEAD answers without a body;
+- the values configuration allows where a body names a package or a plan.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 
 from api.errors import error_entry, error_example
 from api.middleware import PUBLIC_PATHS
+from core.settings import Settings
 
 Schema = dict[str, Any]
 
@@ -25,7 +27,7 @@ _TENANT_HEADER = "x-account-id"
 _EXAMPLE_UUID = "9b2f4c1e-3d5a-4e6f-8a7b-1c2d3e4f5a6b"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     generate = app.openapi
     completed: list[Schema] = []
 
@@ -33,6 +35,7 @@ def install(app: FastAPI) -> None:
         document = generate()
         if not completed or completed[-1] is not document:  # FastAPI regenerates on change
             complete(document)
+            _configured_choices(document, settings)
             completed[:] = [document]
         return document
 
@@ -45,6 +48,18 @@ def complete(document: Schema) -> None:
         for method, operation in item.items():
             _complete_operation(path, method, operation, components)
     components.update(_error_components(components))
+
+
+def _configured_choices(document: Schema, settings: Settings) -> None:
+    """Packages and plans are configuration: the document lists the configured ones."""
+    components = document.get("components", {}).get("schemas", {})
+    sold = [n for n, p in settings.plans.items() if p.price_cents > 0 or p.stripe_price]
+    for schema, field, choices in (
+        ("PurchaseIn", "package", sorted(settings.packages)),
+        ("SubscribeIn", "plan", sold),
+    ):
+        if choices and schema in components:
+            components[schema]["properties"][field]["enum"] = choices
 
 
 def _complete_operation(path: str, method: str, operation: Schema, components: Schema) -> None:

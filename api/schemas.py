@@ -525,6 +525,15 @@ class PlanOut(BaseModel):
     analyses_per_hour: int
     requests_per_minute: int
     monthly_credits: int
+    price_cents: int = Field(description="Monthly price (0: not sold as a subscription)")
+    currency: str
+
+
+class PackageOut(BaseModel):
+    id: str = Field(description="What `POST /api/credits/purchase` takes")
+    credits: int
+    amount_cents: int
+    currency: str
 
 
 class PricingResponse(BaseModel):
@@ -532,6 +541,51 @@ class PricingResponse(BaseModel):
 
     tiers: list[TierPrice]
     plans: list[PlanOut]
+    packages: list[PackageOut] = Field(description="Credit packages sold through Checkout")
+
+
+class PurchaseIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"package": "starter"}]}
+    )
+
+    package: str = Field(min_length=1, max_length=40, description="A package id from the pricing")
+
+
+class SubscribeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"plan": "pro"}]})
+
+    plan: str = Field(min_length=1, max_length=40, description="A plan id with a price")
+
+
+class CheckoutOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.CHECKOUT]})
+
+    session_id: str = Field(description="The Stripe Checkout session")
+    url: str = Field(description="Where to send the user to pay")
+
+
+class PortalOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"url": "https://billing.stripe.com/p/session/test_1"}]}
+    )
+
+    url: str = Field(description="The customer portal, for this customer, for a short while")
+
+
+class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SUBSCRIPTION]})
+
+    plan: str = Field(description="The account's plan now")
+    status: str = Field(
+        description="Stripe's status of the subscription (`active`, `past_due`, `canceled`, "
+        "...), or `none` when the account never subscribed"
+    )
+    subscription_id: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    credits_per_period: int = Field(description="Credits each paid period grants")
 
 
 class TierUsageOut(BaseModel):

@@ -114,16 +114,30 @@ def run_dev() -> int:
         if settings.temporal_address is not None:
             asyncio.run(_register_search_attributes(settings))
 
-        if settings.apify_token is None or settings.openai_api_key is None:
+        env["STRIPE_WEBHOOK_SECRET"] = (
+            settings.stripe_webhook_secret.get_secret_value()
+            if settings.stripe_webhook_secret is not None
+            else _persistent_secret(home / "stripe_webhook_secret", prefix="whsec_")
+        )
+        if None in (settings.apify_token, settings.openai_api_key, settings.stripe_api_key):
             sim_url = f"http://127.0.0.1:{settings.sim_port}"
+            # The Stripe simulator "pays" Checkout sessions and sends the events, signed,
+            # to this stack's API.
+            webhook = f"http://{settings.api_host}:{settings.api_port}/api/webhooks/stripe"
+            sim_env = env | {
+                "SIM_STRIPE_WEBHOOK_URL": webhook,
+                "SIM_STRIPE_WEBHOOK_SECRET": env["STRIPE_WEBHOOK_SECRET"],
+            }
             simulators = children.start(
-                "simulators", stack.oslira_command("simulate"), env, home / "simulators.log"
+                "simulators", stack.oslira_command("simulate"), sim_env, home / "simulators.log"
             )
             stack.wait_for_port("127.0.0.1", settings.sim_port, 30, simulators)
             if settings.apify_token is None:
                 env |= {"APIFY_BASE_URL": sim_url, "APIFY_TOKEN": "simulator"}
             if settings.openai_api_key is None:
                 env |= {"OPENAI_BASE_URL": f"{sim_url}/v1", "OPENAI_API_KEY": "simulator"}
+            if settings.stripe_api_key is None:
+                env |= {"STRIPE_API_BASE": sim_url, "STRIPE_API_KEY": "sk_test_simulator"}
 
         env["JWT_SECRET"] = (
             settings.jwt_secret.get_secret_value()
@@ -191,7 +205,7 @@ def _check_ports(settings: Settings) -> None:
             ("127.0.0.1", settings.temporal_port, "TEMPORAL_PORT"),
             ("127.0.0.1", settings.temporal_ui_port, "TEMPORAL_UI_PORT"),
         ]
-    if settings.apify_token is None or settings.openai_api_key is None:
+    if None in (settings.apify_token, settings.openai_api_key, settings.stripe_api_key):
         wanted.append(("127.0.0.1", settings.sim_port, "SIM_PORT"))
     for host, port, variable in wanted:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -277,10 +291,11 @@ def _single_instance(home: Path) -> IO[str]:
     return handle
 
 
-def _persistent_secret(path: Path) -> str:
-    """A random JWT secret kept in the state folder, so tokens survive restarts."""
+def _persistent_secret(path: Path, prefix: str = "") -> str:
+    """A random secret kept in the state folder, so it survives restarts (JWTs signed with
+    it stay valid; Stripe events signed with it still verify)."""
     if not path.exists():
-        _write_private(path, secrets.token_urlsafe(48))
+        _write_private(path, prefix + secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 
@@ -347,6 +362,8 @@ then the commands under "Try it" in README.md, for example:
   curl -s "$OSLIRA_API/api/credits/balance" -H "Authorization: Bearer $TOKEN"
 
 Usernames starting with notfound, private, flaky or slow show the failure paths.
+Buy credits: POST $OSLIRA_API/api/credits/purchase {{"package": "starter"}} answers a Checkout
+URL; open it and press Pay (the Stripe simulator sends the webhook events).
 Press Ctrl-C to stop.
 """,
         flush=True,

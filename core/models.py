@@ -352,7 +352,8 @@ class CleanupReport(BaseModel):
 
 class RenewalReport(BaseModel):
     period: str  # the month's first day
-    granted: list[UUID]
+    granted: list[UUID]  # accounts granted their month (plans not billed through Stripe)
+    subscriptions_granted: list[str] = []  # subscriptions granted their paid period
 
 
 class StripeEventInput(BaseModel):

@@ -86,6 +86,13 @@ class Plan(BaseModel):
     analyses_per_hour: int = Field(default=100, ge=1, description="Analyses started per hour")
     requests_per_minute: int = Field(default=600, ge=1, description="Other API calls per minute")
     monthly_credits: int = Field(default=0, ge=0, description="Credits granted each period")
+    price_cents: int = Field(
+        default=0, ge=0, description="Monthly price through Stripe (0: not sold as a subscription)"
+    )
+    currency: str = "usd"
+    stripe_price: str | None = Field(
+        default=None, description="A Stripe Price id to bill with, instead of an inline price"
+    )
 
     @field_validator("allowances")
     @classmethod
@@ -103,6 +110,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
         analyses_per_hour=1_000,
         requests_per_minute=1_200,
         monthly_credits=500,
+        price_cents=4_900,
     ),
     "business": Plan(
         name="Business",
@@ -110,6 +118,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
         analyses_per_hour=20_000,
         requests_per_minute=6_000,
         monthly_credits=2_500,
+        price_cents=19_900,
     ),
 }
 
@@ -208,6 +217,13 @@ class Settings(BaseSettings):
     # signing secret (webhooks answer 503 without it).
     packages: dict[str, CreditPackage] = Field(default_factory=lambda: dict(DEFAULT_PACKAGES))
     stripe_webhook_secret: SecretStr | None = None
+    # The Stripe API: its secret key (billing endpoints answer 503 without it) and, for the
+    # simulator, its address (None: Stripe itself).
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=50)
+    # Where Checkout and the billing portal send the user back (None: the API's docs).
+    billing_return_url: str | None = None
     stripe_event_attempts: int = Field(default=8, ge=1, description="before dead-lettering")
 
     # The provider budget of each scrape and each AI call (README: "How an analysis runs").
@@ -278,6 +294,10 @@ class Settings(BaseSettings):
     def plan(self, name: str) -> Plan:
         """An account's plan; one no longer configured counts as the free plan."""
         return self.plans.get(name) or self.plans[FREE_PLAN]
+
+    @property
+    def return_url(self) -> str:
+        return self.billing_return_url or f"http://{self.api_host}:{self.api_port}/docs"
 
     def credits_for(self, tier: Tier) -> int:
         return int(getattr(self, f"credits_{tier.value}"))

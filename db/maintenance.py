@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from uuid import UUID
 
-from db import credits
+from db import billing, credits
 from db.pool import Connection
 
 PURGE_AFTER_DAYS = 30
@@ -95,12 +95,16 @@ async def renewal_period(conn: Connection) -> date:
 async def renew(conn: Connection, grants: dict[str, int], period: date) -> list[UUID]:
     """Grants each live account of a plan in `grants` its plan's credits for `period`, once
     per account and period (key `renewal:<account>:<period start>`); returns the accounts
-    granted now."""
+    granted now. Accounts billed through a Stripe subscription are left to it."""
     granted = []
     rows = await conn.fetch(
-        """SELECT id, plan FROM accounts
-           WHERE deleted_at IS NULL AND plan = ANY($1::text[]) ORDER BY id""",
+        """SELECT id, plan FROM accounts a
+           WHERE deleted_at IS NULL AND plan = ANY($1::text[])
+             AND NOT EXISTS (SELECT 1 FROM subscriptions s
+                             WHERE s.account_id = a.id AND s.status = ANY($2::text[]))
+           ORDER BY id""",
         list(grants),
+        list(billing.LIVE),
     )
     for row in rows:
         async with conn.transaction():

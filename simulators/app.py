@@ -1,5 +1,6 @@
-"""One HTTP server for both simulators: Apify under /v2, OpenAI under /v1, with optional
-provider faults (simulators/faults.py)."""
+"""One HTTP server for the provider simulators: Apify under /v2, OpenAI under /v1/responses,
+Stripe under the rest of /v1 (with its Checkout and portal pages), with optional provider
+faults (simulators/faults.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from simulators.apify import ApifySimulator
 from simulators.faults import FaultMiddleware, Faults
 from simulators.openai import OpenAISimulator
+from simulators.stripe import StripeSimulator
 
 
 def create_app(
@@ -24,6 +26,7 @@ def create_app(
     app = FastAPI(title="Oslira provider simulators", docs_url=None, redoc_url=None)
     app.include_router(ApifySimulator(apify_latency_ms).router)
     app.include_router(OpenAISimulator(openai_latency_ms).router)
+    app.include_router(StripeSimulator().router)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -31,6 +31,7 @@ from db.pool import create_pool
 
 JWT_SECRET = secrets.token_urlsafe(32)
 STRIPE_WEBHOOK_SECRET = f"whsec_{secrets.token_hex(16)}"
+STRIPE_API_KEY = f"sk_test_{secrets.token_hex(12)}"  # the simulator's account for the session
 
 
 @dataclass
@@ -87,6 +88,8 @@ def make_settings(servers: Servers, **overrides: object) -> Settings:
         "openai_api_key": "test-key",
         "jwt_secret": JWT_SECRET,
         "stripe_webhook_secret": STRIPE_WEBHOOK_SECRET,
+        "stripe_api_key": STRIPE_API_KEY,
+        "stripe_api_base": servers.simulator_url,
         "db_pool_max": 20,
         # No free allowance and no practical rate limit unless a test gives them.
         "plans": {

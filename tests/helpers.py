@@ -18,8 +18,10 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
+from temporalio.client import Client
 
 from cli import stack
+from core import schedules
 from core.settings import Settings
 from tests.conftest import Account
 
@@ -158,6 +160,17 @@ def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
             if settings.stripe_webhook_secret
             else {}
         ),
+        **(
+            {"STRIPE_API_KEY": settings.stripe_api_key.get_secret_value()}
+            if settings.stripe_api_key
+            else {}
+        ),
+        **({"STRIPE_API_BASE": settings.stripe_api_base} if settings.stripe_api_base else {}),
+        **(
+            {"BILLING_RETURN_URL": settings.billing_return_url}
+            if settings.billing_return_url
+            else {}
+        ),
         "PLANS": json.dumps(
             {name: plan.model_dump(mode="json") for name, plan in settings.plans.items()}
         ),
@@ -226,3 +239,21 @@ async def record_history(
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def run_job(client: Client, settings: Settings, name: str, record: str | None = None) -> Any:
+    """Triggers the job's schedule and waits for the workflow it started; its result (and
+    its history kept as a replay fixture under `record`, when recording)."""
+    handle = schedules.handle(client, settings, name)
+    before = len((await handle.describe()).info.recent_actions)
+    await handle.trigger()
+    for _ in range(200):
+        actions = (await handle.describe()).info.recent_actions
+        if len(actions) > before:
+            started = actions[-1].action
+            result = await client.get_workflow_handle(started.workflow_id).result()
+            if record:
+                await record_history(client, "", record, workflow_id=started.workflow_id)
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} did not start")

@@ -24,7 +24,15 @@ CONFIG = Path(__file__).parent / "schemathesis.toml"
 @pytest.fixture(scope="module")
 def contract_api(servers) -> Iterator[ApiProcess]:
     # A queue no worker polls: the runs schemathesis starts stay pending and cost nothing.
-    settings = make_settings(servers, task_queue=f"contract-{uuid4().hex[:8]}")
+    # A plan for sale, so subscribing has a valid body; Stripe is the simulator.
+    settings = make_settings(
+        servers,
+        task_queue=f"contract-{uuid4().hex[:8]}",
+        plans={
+            "free": {"name": "Free", "analyses_per_hour": 10**6, "requests_per_minute": 10**6},
+            "pro": {"name": "Pro", "price_cents": 4_900, "requests_per_minute": 10**6},
+        },
+    )
     with running_api(settings) as api:
         yield api
 

@@ -257,6 +257,23 @@ def test_make_run_serves_the_readme_commands_and_stops_on_a_signal():
                 assert accepted == []
                 assert api.get("/api/credits/balance", headers=first.headers).status_code == 200
 
+                # Buying credits as the banner says: the Checkout page "pays", the Stripe
+                # simulator's signed events reach the webhook, the worker grants them.
+                balance = "/api/credits/balance"
+                before = api.get(balance, headers=first.headers).json()["balance"]
+                bought = api.post(
+                    "/api/credits/purchase", json={"package": "starter"}, headers=first.headers
+                )
+                assert bought.status_code == 201, bought.text
+                assert httpx.get(bought.json()["url"]).status_code == 200
+                assert httpx.post(bought.json()["url"], timeout=30).status_code == 303
+                deadline = time.monotonic() + 30
+                while (now := api.get(balance, headers=first.headers).json())["balance"] != (
+                    before + 100
+                ):
+                    assert time.monotonic() < deadline, (before, now)
+                    time.sleep(0.2)
+
             # A worker that dies is started again, and the stack goes on working.
             _kill_a_worker_and_see_it_back(first)
             again = asyncio.run(_analyse(first, "after_restart", 1))

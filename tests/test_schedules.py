@@ -32,7 +32,7 @@ from db import accounts, analyses, credits
 from db.migrate import migrate
 from db.pool import create_pool
 from tests.conftest import Account, Servers, app_client, make_settings
-from tests.helpers import process_env, record_history, running_worker, start_ok, wait_for
+from tests.helpers import process_env, run_job, running_worker, start_ok, wait_for
 
 
 @asynccontextmanager
@@ -44,24 +44,6 @@ async def own_stack(
     client = await temporal.connect(settings)
     async with running_worker(settings), app_client(settings) as api:
         yield settings, api, client
-
-
-async def _run_job(client: Client, settings: Settings, name: str, record: str | None = None) -> Any:
-    """Triggers the job's schedule and waits for the workflow it started; its result (and
-    its history kept as a replay fixture under `record`, when recording)."""
-    handle = schedules.handle(client, settings, name)
-    before = len((await handle.describe()).info.recent_actions)
-    await handle.trigger()
-    for _ in range(200):
-        actions = (await handle.describe()).info.recent_actions
-        if len(actions) > before:
-            started = actions[-1].action
-            result = await client.get_workflow_handle(started.workflow_id).result()
-            if record:
-                await record_history(client, "", record, workflow_id=started.workflow_id)
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} did not start")
 
 
 async def _age(pool: asyncpg.Pool, run_id: str, minutes: int = 10) -> None:
@@ -112,10 +94,10 @@ async def test_the_sweep_fails_and_refunds_a_run_whose_workflow_was_terminated(
         for run_id in (charged, str(lost), live):
             await _age(system_pool, run_id)
 
-        report = await _run_job(client, settings, "stuck-runs", "job_stuck_runs")
+        report = await run_job(client, settings, "stuck-runs", "job_stuck_runs")
         assert {str(r) for r in report["failed"]} >= {charged, str(lost)}
         assert live not in {str(r) for r in report["failed"]}
-        again = await _run_job(client, settings, "stuck-runs")  # nothing twice
+        again = await run_job(client, settings, "stuck-runs")  # nothing twice
         assert not {charged, str(lost)} & {str(r) for r in again["failed"]}
 
         progress = await wait_for(api, account, charged)
@@ -210,7 +192,7 @@ async def test_the_ledger_check_job_reports_a_planted_violation(servers, system_
             await admin.execute(
                 "UPDATE credit_balances SET balance = 7 WHERE account_id = $1", planted.account_id
             )
-            report = await _run_job(client, settings, "ledger-check", "job_ledger_check")
+            report = await run_job(client, settings, "ledger-check", "job_ledger_check")
         finally:
             await admin.execute(
                 "UPDATE credit_balances SET balance = 5 WHERE account_id = $1", planted.account_id
@@ -306,7 +288,7 @@ async def test_cleanup_hard_deletes_what_was_deleted_30_days_ago_and_keeps_the_l
             ledger_before = await conn.fetch(
                 "SELECT id FROM credit_ledger WHERE account_id = $1 ORDER BY id", account.account_id
             )
-        report = await _run_job(client, settings, "cleanup", "job_cleanup")
+        report = await run_job(client, settings, "cleanup", "job_cleanup")
     assert report["leads"] >= 2 and report["cache_entries"] >= 1
     async with system_pool.acquire() as conn:
         remaining = {
@@ -382,7 +364,7 @@ async def test_the_sweep_ends_a_batch_whose_workflow_was_terminated(
             "UPDATE batches SET updated_at = now() - interval '10 minutes' WHERE id = $1::uuid",
             batch_id,
         )
-        report = await _run_job(client, settings, "stuck-runs")
+        report = await run_job(client, settings, "stuck-runs")
         progress = (
             await api.get(f"/api/leads/analyze/bulk/{batch_id}/progress", headers=account.headers)
         ).json()
@@ -417,8 +399,8 @@ async def test_renewal_grants_each_plans_credits_once_per_period(servers, new_ac
         await conn.execute("UPDATE accounts SET plan = 'pro' WHERE id = $1", pro.account_id)
     async with own_stack(servers, plans=CLEANUP_PLANS) as (settings, _, client):
         await schedules.ensure(client, settings)
-        first = await _run_job(client, settings, "renewal", "job_renewal")
-        second = await _run_job(client, settings, "renewal")
+        first = await run_job(client, settings, "renewal", "job_renewal")
+        second = await run_job(client, settings, "renewal")
     assert str(pro.account_id) in {str(a) for a in first["granted"]}
     assert str(pro.account_id) not in {str(a) for a in second["granted"]}
     rows = await system_pool.fetch(

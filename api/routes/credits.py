@@ -15,6 +15,7 @@ from api.schemas import (
     BalanceResponse,
     LedgerEntry,
     LedgerKind,
+    PackageOut,
     Page,
     PlanOut,
     PricingResponse,
@@ -87,8 +88,16 @@ async def get_pricing(settings: SettingsDep) -> PricingResponse:
     return PricingResponse(
         tiers=[TierPrice(analysis_type=t, credits=settings.credits_for(t)) for t in Tier],
         plans=[
-            PlanOut(id=name, **plan.model_dump(exclude={"allowances"}), allowances=plan.allowances)
+            PlanOut(
+                id=name,
+                **plan.model_dump(exclude={"allowances", "stripe_price"}),
+                allowances=plan.allowances,
+            )
             for name, plan in settings.plans.items()
+        ],
+        packages=[
+            PackageOut(id=name, **package.model_dump())
+            for name, package in settings.packages.items()
         ],
     )
 
