@@ -42,6 +42,7 @@ from workflows.maintenance import (
     CleanupWorkflow,
     LedgerCheckWorkflow,
     RenewalWorkflow,
+    StripeEventsWorkflow,
     StuckRunsWorkflow,
 )
 
@@ -111,6 +112,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             maintenance.check_ledger,
             maintenance.clean_up,
             maintenance.renew_plans,
+            maintenance.queue_stripe_events,
             billing.process_stripe_event,
             billing.dead_letter,
         ]
@@ -133,6 +135,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     LedgerCheckWorkflow,
                     CleanupWorkflow,
                     RenewalWorkflow,
+                    StripeEventsWorkflow,
                     StripeEventWorkflow,
                 ],
                 activities=activities,

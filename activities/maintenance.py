@@ -8,24 +8,37 @@ from uuid import UUID
 import asyncpg
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.batches import STOP_CHUNK
 from activities.billing import SubscriptionSync, UnusableEvent
 from activities.common import never_giving_up
 from core.errors import ErrorCode, user_message
-from core.models import CleanupReport, LedgerReport, RenewalReport, SweepInput, SweepOutput
+from core.models import (
+    CleanupReport,
+    LedgerReport,
+    QueuedEventsReport,
+    RenewalReport,
+    StripeEventInput,
+    SweepInput,
+    SweepOutput,
+)
 from core.progress import IN_FLIGHT, RunError, RunStatus, Tracker
 from core.settings import Settings
 from core.temporal import workflow_id
 from core.tiers import Tier
-from db import analyses, batches, billing, credits, maintenance
+from db import analyses, batches, billing, credits, maintenance, stripe_events
 from db.pool import connection
 from providers.errors import ProviderRejected, ProviderUnavailable
+from workflows.billing import StripeEventWorkflow, stripe_workflow_id
 from workflows.bulk import bulk_workflow_id
 
 log = logging.getLogger(__name__)
 
+QUEUE_AFTER_SECONDS = 60.0  # the webhook starts a stored event's workflow at once
+QUEUE_LIMIT = 1_000
 ORPHANED_ITEM = "The batch stopped before this item started; it was refunded."
 
 
@@ -166,6 +179,36 @@ class MaintenanceActivities:
         for violation in violations:
             log.error("ledger invariant violated: %s", violation)
         return LedgerReport(violations=violations)
+
+    @activity.defn
+    @never_giving_up
+    async def queue_stripe_events(self) -> QueuedEventsReport:
+        """Starts the workflow of each Stripe event stored a minute ago or more and still
+        waiting: the webhook answers 200 once an event is stored, even when Temporal is out
+        of reach. An event whose workflow runs (retrying) is left to it; one whose workflow
+        closed without applying it (terminated) is started again, and applied once."""
+        async with connection(self._pool) as conn:
+            waiting = await stripe_events.unqueued(
+                conn, older_than_seconds=QUEUE_AFTER_SECONDS, limit=QUEUE_LIMIT
+            )
+        started = []
+        for event_id in waiting:
+            try:
+                await self._client.start_workflow(
+                    StripeEventWorkflow.run,
+                    StripeEventInput(
+                        event_id=event_id, attempts=self._settings.stripe_event_attempts
+                    ),
+                    id=stripe_workflow_id(event_id),
+                    task_queue=self._settings.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                )
+            except WorkflowAlreadyStartedError:
+                continue
+            started.append(event_id)
+        if started:
+            log.warning("started the workflows of %d stored Stripe events", len(started))
+        return QueuedEventsReport(started=started)
 
     @activity.defn
     @never_giving_up

@@ -348,6 +348,11 @@ class CleanupReport(BaseModel):
     business_profiles: int
     business_profiles_emptied: int
     cache_entries: int
+    webhook_events: int = 0  # applied Stripe events received more than 90 days ago
+
+
+class QueuedEventsReport(BaseModel):
+    started: list[str]  # the Stripe events whose workflow was started now
 
 
 class RenewalReport(BaseModel):

@@ -50,6 +50,12 @@ JOBS = (
         "Daily: hard-deletes what was soft-deleted 30 days ago, and stale cache entries",
     ),
     Job(
+        "stripe-events",
+        "*/5 * * * *",
+        "StripeEventsWorkflow",
+        "Every 5 minutes: starts the workflow of each stored Stripe event still waiting",
+    ),
+    Job(
         "renewal",
         "0 3 1 * *",
         "RenewalWorkflow",

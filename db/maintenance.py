@@ -10,6 +10,7 @@ from db import billing, credits
 from db.pool import Connection
 
 PURGE_AFTER_DAYS = 30
+WEBHOOK_EVENTS_KEPT_DAYS = 90  # Stripe retries for 3 days: far past any redelivery
 PURGE_CHUNK = 1_000  # leads deleted per statement
 TOMBSTONE = "Deleted business profile"
 
@@ -20,6 +21,7 @@ class Purged:
     business_profiles: int
     business_profiles_emptied: int
     cache_entries: int
+    webhook_events: int
 
 
 async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
@@ -30,7 +32,9 @@ async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
     - business profiles deleted that long ago that no run, batch or lead refers to; the
       others keep an empty row under a neutral name, since their runs' ledger rows must
       stay;
-    - cached profiles older than the longest freshness any tier accepts.
+    - cached profiles older than the longest freshness any tier accepts;
+    - Stripe events applied (or ignored) and received more than 90 days ago. Dead-lettered
+      events stay until an operator replays them.
     """
     leads = 0
     while True:
@@ -79,11 +83,18 @@ async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
         "DELETE FROM profile_cache WHERE stored_at < now() - make_interval(secs => $1)",
         cache_max_age_seconds,
     )
+    events = await conn.execute(
+        """DELETE FROM stripe_events
+           WHERE status IN ('processed', 'ignored')
+             AND received_at < now() - make_interval(days => $1)""",
+        WEBHOOK_EVENTS_KEPT_DAYS,
+    )
     return Purged(
         leads=leads,
         business_profiles=len(deleted),
         business_profiles_emptied=len(emptied),
         cache_entries=int(cache.rsplit(" ", 1)[-1]),
+        webhook_events=int(events.rsplit(" ", 1)[-1]),
     )
 
 

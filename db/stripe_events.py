@@ -76,3 +76,17 @@ async def reopen(conn: Connection, event_id: str) -> str | None:
     if status is None:
         status = await conn.fetchval("SELECT status FROM stripe_events WHERE id = $1", event_id)
     return status
+
+
+async def unqueued(conn: Connection, *, older_than_seconds: float, limit: int) -> list[str]:
+    """Events still waiting to be applied, stored at least that long ago: their workflow
+    may never have started (Temporal was out of reach when they came)."""
+    rows = await conn.fetch(
+        """SELECT id FROM stripe_events
+           WHERE status = 'received'
+             AND received_at < now() - make_interval(secs => $1)
+           ORDER BY received_at LIMIT $2""",
+        older_than_seconds,
+        limit,
+    )
+    return [r["id"] for r in rows]

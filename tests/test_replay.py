@@ -26,6 +26,7 @@ from workflows.maintenance import (
     CleanupWorkflow,
     LedgerCheckWorkflow,
     RenewalWorkflow,
+    StripeEventsWorkflow,
     StuckRunsWorkflow,
 )
 
@@ -74,6 +75,7 @@ async def test_the_workflow_replays_a_recorded_history(path):
             LedgerCheckWorkflow,
             CleanupWorkflow,
             RenewalWorkflow,
+            StripeEventsWorkflow,
             StripeEventWorkflow,
         ],
         data_converter=pydantic_data_converter,

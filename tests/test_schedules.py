@@ -285,11 +285,32 @@ async def test_cleanup_hard_deletes_what_was_deleted_30_days_ago_and_keeps_the_l
                         VALUES ($1, '{{}}', 2, now() - interval '{age}')""",
                     f"test:{key}:{uuid4().hex[:6]}",
                 )
+            events = {}
+            for name, status, age in (
+                ("old", "processed", "91 days"),
+                ("old_ignored", "ignored", "91 days"),
+                ("old_failed", "failed", "91 days"),
+                ("recent", "processed", "89 days"),
+            ):
+                events[name] = f"evt_cleanup_{name}_{uuid4().hex[:8]}"
+                await conn.execute(
+                    f"""INSERT INTO stripe_events (id, type, payload, status, received_at)
+                        VALUES ($1, 'checkout.session.completed', '{{}}', $2,
+                                now() - interval '{age}')""",
+                    events[name],
+                    status,
+                )
             ledger_before = await conn.fetch(
                 "SELECT id FROM credit_ledger WHERE account_id = $1 ORDER BY id", account.account_id
             )
         report = await run_job(client, settings, "cleanup", "job_cleanup")
     assert report["leads"] >= 2 and report["cache_entries"] >= 1
+    assert report["webhook_events"] >= 2
+    # Applied events older than 90 days go; a dead letter stays for its operator.
+    left = await system_pool.fetch(
+        "SELECT id FROM stripe_events WHERE id = ANY($1)", list(events.values())
+    )
+    assert {r["id"] for r in left} == {events["old_failed"], events["recent"]}
     async with system_pool.acquire() as conn:
         remaining = {
             r["id"]

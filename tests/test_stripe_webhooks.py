@@ -22,10 +22,11 @@ from uuid import uuid4
 import asyncpg
 import httpx
 
+from core import schedules, temporal
 from core.settings import DEFAULT_PACKAGES
 from db import credits
 from tests.conftest import STRIPE_WEBHOOK_SECRET, Account, app_client, make_settings
-from tests.helpers import process_env, record_history, running_worker
+from tests.helpers import process_env, record_history, run_job, running_worker
 
 PATH = "/api/webhooks/stripe"
 
@@ -162,6 +163,38 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_others_are_ignor
     assert "paid 1 usd" in row["last_error"]
     async with system_pool.acquire() as conn:
         assert await credits.balance(conn, account.account_id) == 0
+
+
+async def test_an_event_stored_while_temporal_is_down_is_answered_200_and_applied_later(
+    servers, new_account, system_pool
+):
+    """Temporal out of reach: the event is stored and answered 200 (`queued` false); the
+    stripe-events job starts its workflow, which grants once; the next run starts none."""
+    account = await new_account(credits_granted=0)
+    queue = f"stripe-{uuid4().hex[:8]}"
+    event = _event(account)
+    down = make_settings(servers, task_queue=queue, temporal_address="127.0.0.1:9")
+    async with app_client(down) as api:
+        response = await _deliver(api, *_signed(event))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "duplicate": False, "queued": False}
+    await _status(system_pool, event["id"], "received")
+    # The job leaves events younger than a minute to the webhook's own start.
+    await system_pool.execute(
+        "UPDATE stripe_events SET received_at = now() - interval '2 minutes' WHERE id = $1",
+        event["id"],
+    )
+    up = make_settings(servers, task_queue=queue)
+    client = await temporal.connect(up)
+    await schedules.ensure(client, up)
+    async with running_worker(up):
+        report = await run_job(client, up, "stripe-events", "job_stripe_events")
+        assert event["id"] in report["started"]
+        await _status(system_pool, event["id"], "processed")
+        again = await run_job(client, up, "stripe-events")
+    assert event["id"] not in again["started"]
+    async with system_pool.acquire() as conn:
+        assert await credits.balance(conn, account.account_id) == 100
 
 
 async def test_without_a_secret_the_webhook_answers_503(servers):

@@ -10,7 +10,14 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.maintenance import MaintenanceActivities
-    from core.models import CleanupReport, LedgerReport, RenewalReport, SweepInput, SweepOutput
+    from core.models import (
+        CleanupReport,
+        LedgerReport,
+        QueuedEventsReport,
+        RenewalReport,
+        SweepInput,
+        SweepOutput,
+    )
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5))
 
@@ -68,5 +75,19 @@ class RenewalWorkflow:
         return await workflow.execute_activity_method(
             MaintenanceActivities.renew_plans,
             start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=_RETRY,
+        )
+
+
+@workflow.defn(name="StripeEventsWorkflow")
+class StripeEventsWorkflow:
+    """Every 5 minutes: starts the workflow of each stored Stripe event still waiting for
+    one (stored while Temporal was out of reach)."""
+
+    @workflow.run
+    async def run(self) -> QueuedEventsReport:
+        return await workflow.execute_activity_method(
+            MaintenanceActivities.queue_stripe_events,
+            start_to_close_timeout=timedelta(minutes=5),
             retry_policy=_RETRY,
         )

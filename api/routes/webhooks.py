@@ -7,7 +7,7 @@ import json
 
 import stripe
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.common import WorkflowIDReusePolicy
 
 from api import runs
@@ -27,11 +27,15 @@ class BadWebhook(ApiError):
 
 class WebhookAck(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"received": True, "duplicate": False}]}
+        json_schema_extra={"examples": [{"received": True, "duplicate": False, "queued": True}]}
     )
 
     received: bool
-    duplicate: bool
+    duplicate: bool = Field(description="The event had been received before")
+    queued: bool = Field(
+        description="Its workflow was started (or had been); false when Temporal was out of "
+        "reach: the stripe-events job starts it within minutes"
+    )
 
 
 @router.post(
@@ -50,9 +54,9 @@ async def stripe_webhook(
 ) -> WebhookAck:
     """The signature is checked on the raw body (`Stripe-Signature`, 5 minutes of
     tolerance): a missing, wrong or stale one answers 400 and stores nothing. A valid event
-    is stored once by its id, and its workflow started (a repeat delivery changes nothing).
-    Temporal out of reach answers 503 once the event is stored, so Stripe delivers it again
-    and its workflow starts then."""
+    is stored once by its id and answered 200; its workflow is started (a repeat delivery
+    changes nothing). With Temporal out of reach the answer is still 200 (`queued` false):
+    the event is kept, and the `stripe-events` job starts its workflow within minutes."""
     secret = settings.stripe_webhook_secret
     if secret is None:
         raise Unavailable("Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET).")
@@ -75,8 +79,12 @@ async def stripe_webhook(
     async with connection(request.app.state.pool) as conn:
         new = await stripe_events.receive(conn, event_id, str(event_type), payload)
 
+    queued = True
+
     async def stored() -> bool:
-        return True  # the event stays stored; a later delivery starts its workflow
+        nonlocal queued
+        queued = False  # kept: a later delivery, or the stripe-events job, starts it
+        return False
 
     await runs.start_workflow(
         temporal,
@@ -91,8 +99,6 @@ async def stripe_webhook(
             "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
         },
         give_up=stored,
-        unavailable=lambda: Unavailable(
-            "The event is stored but could not be queued; deliver it again."
-        ),
+        unavailable=lambda: Unavailable("unused: a stored event is never given up"),
     )
-    return WebhookAck(received=True, duplicate=not new)
+    return WebhookAck(received=True, duplicate=not new, queued=queued)
