@@ -58,21 +58,46 @@ class SubscriptionSync:
                 raise UnusableEvent(str(exc)) from None
         return self._client
 
-    async def sync(self, conn: Connection, subscription_id: str) -> bool:
-        """Re-reads the subscription (its latest invoice expanded), under a lock per
-        subscription so two events for it apply one after the other; stores it, settles the
-        account's plan, and grants the current period's credits when its invoice is paid.
-        Answers whether credits were granted now."""
-        await billing.lock_subscription(conn, subscription_id)
+    async def _call(self, what: Any) -> Any:
         try:
-            found = await self._stripe().v1.subscriptions.retrieve_async(
-                subscription_id, params={"expand": ["latest_invoice"]}
-            )
+            return stripe_api.as_dict(await what)
         except stripe.StripeError as exc:
             raise stripe_api.provider_error(exc) from None
-        facts = stripe_api.subscription_facts(stripe_api.as_dict(found), self._settings.plans)
+
+    async def sync(
+        self,
+        conn: Connection,
+        subscription_id: str,
+        *,
+        invoice_id: str | None = None,
+        recent_invoices: bool = False,
+    ) -> int:
+        """Re-reads the subscription under a lock per subscription (two events for it apply
+        one after the other), stores what Stripe says now and settles the account's plan.
+        Then grants each period a paid invoice paid for, once per subscription and period:
+        the subscription's latest invoice, the event's own invoice (`invoice_id`: a period
+        paid late, after the next one began) and, for the renewal job, its last paid
+        invoices. Answers the number of periods granted now."""
+        await billing.lock_subscription(conn, subscription_id)
+        client = self._stripe()
+        try:
+            sub = stripe_api.as_dict(
+                await client.v1.subscriptions.retrieve_async(
+                    subscription_id, params={"expand": ["latest_invoice"]}
+                )
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 and await billing.forget(conn, subscription_id):
+                # Stripe no longer knows it (deleted with its customer, say): it bills
+                # nobody, so it sets no plan.
+                log.error("subscription %s is unknown to Stripe: ended here", subscription_id)
+                return 0
+            raise stripe_api.provider_error(exc) from None
+        except stripe.StripeError as exc:
+            raise stripe_api.provider_error(exc) from None
+        facts = stripe_api.subscription_facts(sub, self._settings.plans)
         if facts.plan is None:
-            raise UnusableEvent(f"subscription {facts.id}: no configured plan matches it")
+            raise UnusableEvent(f"subscription {facts.id}: its price is no configured plan's")
         account_id = await conn.fetchval(
             "SELECT id FROM accounts WHERE stripe_customer_id = $1", facts.customer_id
         )
@@ -96,20 +121,46 @@ class SubscriptionSync:
             ),
         )
         await billing.settle_plan(conn, account_id, FREE_PLAN)
-        amount = self._settings.plan(facts.plan).monthly_credits
-        if not facts.period_paid or amount == 0:
-            return False
-        start = facts.period_start.isoformat()
-        movement = await credits.grant(
-            conn,
-            account_id=account_id,
-            amount=amount,
-            key=period_grant_key(facts.id, start),
-            kind="renewal",
-            reference=facts.id,
-            description=f"{facts.plan} plan credits from {facts.period_start:%Y-%m-%d}",
-        )
-        return movement.new
+        live = await billing.live_count(conn, account_id)
+        if live > 1:
+            log.error("account %s has %d live subscriptions: see Stripe", account_id, live)
+
+        invoices: dict[str, dict[str, Any]] = {}
+        if isinstance(sub.get("latest_invoice"), dict):
+            invoices[sub["latest_invoice"]["id"]] = sub["latest_invoice"]
+        if invoice_id is not None and invoice_id not in invoices:
+            invoices[invoice_id] = await self._call(client.v1.invoices.retrieve_async(invoice_id))
+        if recent_invoices:
+            paid = await self._call(
+                client.v1.invoices.list_async(
+                    params={"subscription": facts.id, "status": "paid", "limit": 3}
+                )
+            )
+            invoices |= {i["id"]: i for i in paid.get("data") or []}
+        granted = 0
+        metadata_plan = (sub.get("metadata") or {}).get("plan")
+        for invoice in invoices.values():
+            for period in stripe_api.paid_periods(invoice, self._settings.plans, metadata_plan):
+                if period.subscription_id != facts.id:
+                    continue
+                if period.plan is None:
+                    raise UnusableEvent(
+                        f"invoice {invoice.get('id')}: its price is no configured plan's"
+                    )
+                amount = self._settings.plan(period.plan).monthly_credits
+                if amount == 0:
+                    continue
+                movement = await credits.grant(
+                    conn,
+                    account_id=account_id,
+                    amount=amount,
+                    key=period_grant_key(facts.id, period.start.isoformat()),
+                    kind="renewal",
+                    reference=facts.id,
+                    description=f"{period.plan} plan credits from {period.start:%Y-%m-%d}",
+                )
+                granted += movement.new
+        return granted
 
 
 class BillingActivities:
@@ -144,6 +195,9 @@ class BillingActivities:
             subscription = obj.get("id")
         elif event_type in INVOICE_EVENTS:
             subscription = stripe_api.invoice_subscription(obj)
+            if subscription and event_type == "invoice.paid":
+                await self._subscriptions.sync(conn, subscription, invoice_id=str(obj["id"]))
+                return "processed"
         if not subscription:
             return "ignored"
         await self._subscriptions.sync(conn, str(subscription))

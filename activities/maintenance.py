@@ -9,7 +9,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.batches import STOP_CHUNK
@@ -196,9 +196,7 @@ class MaintenanceActivities:
             try:
                 await self._client.start_workflow(
                     StripeEventWorkflow.run,
-                    StripeEventInput(
-                        event_id=event_id, attempts=self._settings.stripe_event_attempts
-                    ),
+                    StripeEventInput.of(event_id, self._settings),
                     id=stripe_workflow_id(event_id),
                     task_queue=self._settings.task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -240,16 +238,20 @@ class MaintenanceActivities:
             subscriptions = await billing.live_ids(conn)
         renewed, unavailable = [], []
         for subscription in subscriptions:
+            activity.heartbeat(subscription)
             try:
                 async with connection(self._pool) as conn, conn.transaction():
-                    if await self._subscriptions.sync(conn, subscription):
+                    if await self._subscriptions.sync(conn, subscription, recent_invoices=True):
                         renewed.append(subscription)
             except ProviderUnavailable as exc:
                 unavailable.append(f"{subscription}: {exc.message}")
             except (UnusableEvent, ProviderRejected) as exc:
-                # Not this job's to fix (a plan no longer configured, a subscription Stripe
-                # no longer knows): logged, and the other subscriptions go on.
+                # Not this job's to fix (a price no plan has, say): logged, and the other
+                # subscriptions go on.
                 log.error("renewal of %s: %s", subscription, exc)
+            except Exception:
+                # Our bug, for this one subscription: the others still get their periods.
+                log.exception("renewal of %s failed", subscription)
         log.info(
             "renewal for %s: %d accounts and %d subscriptions granted",
             period,
@@ -257,7 +259,10 @@ class MaintenanceActivities:
             len(renewed),
         )
         if unavailable:
-            raise ProviderUnavailable("stripe", "; ".join(unavailable))
+            # Stripe could not be asked: the job runs again (what it granted stays granted).
+            raise ApplicationError(
+                "Stripe unavailable for " + "; ".join(unavailable), type="StripeUnavailable"
+            )
         return RenewalReport(
             period=period.isoformat(), granted=granted, subscriptions_granted=renewed
         )

@@ -176,7 +176,7 @@ def webhooks_replay(event_id: Annotated[str, typer.Argument(help="evt_...")]) ->
     async def work(client: Any, settings: Any) -> str:
         handle = await client.start_workflow(
             StripeEventWorkflow.run,
-            StripeEventInput(event_id=event_id, attempts=settings.stripe_event_attempts),
+            StripeEventInput.of(event_id, settings),
             id=stripe_workflow_id(event_id),
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from core.progress import Progress, RunError, RunStatus, StepDone
 from core.tiers import Tier
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 class Post(BaseModel):
@@ -364,6 +367,15 @@ class RenewalReport(BaseModel):
 class StripeEventInput(BaseModel):
     event_id: str
     attempts: int = 8  # tries before the event is dead-lettered
+    outage_pause_seconds: float = 600  # the wait before trying again when Stripe is down
+
+    @classmethod
+    def of(cls, event_id: str, settings: Settings) -> StripeEventInput:
+        return cls(
+            event_id=event_id,
+            attempts=settings.stripe_event_attempts,
+            outage_pause_seconds=settings.stripe_outage_pause_seconds,
+        )
 
 
 class DeadLetterInput(BaseModel):

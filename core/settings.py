@@ -221,10 +221,13 @@ class Settings(BaseSettings):
     # simulator, its address (None: Stripe itself).
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
-    stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=50)
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=25)
     # Where Checkout and the billing portal send the user back (None: the API's docs).
     billing_return_url: str | None = None
     stripe_event_attempts: int = Field(default=8, ge=1, description="before dead-lettering")
+    # With Stripe out of reach, an event's workflow waits this long between its rounds of
+    # attempts (for up to 3 days) rather than dead-lettering the event.
+    stripe_outage_pause_seconds: float = Field(default=600, gt=0)
 
     # The provider budget of each scrape and each AI call (README: "How an analysis runs").
     provider_attempts: int = Field(default=8, ge=1)

@@ -8,10 +8,12 @@ from uuid import UUID
 
 import asyncpg
 
+from core.settings import FREE_PLAN
 from db.pool import Connection
 
-# Statuses in which a subscription still bills its customer: it sets the account's plan.
-LIVE = ("active", "trialing", "past_due", "unpaid")
+# Statuses in which a subscription sets the account's plan: paid, on trial, or in the
+# grace of Stripe's payment retries (past due). `unpaid` (retries exhausted) does not.
+LIVE = ("active", "trialing", "past_due")
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,6 @@ async def current(conn: Connection, account_id: UUID) -> asyncpg.Record | None:
     )
 
 
-async def mark_cancel_at_period_end(conn: Connection, subscription_id: str) -> None:
-    await conn.execute(
-        """UPDATE subscriptions SET cancel_at_period_end = true, updated_at = now()
-           WHERE id = $1""",
-        subscription_id,
-    )
-
-
 async def live_ids(conn: Connection) -> list[str]:
     """Every subscription still billing, for the renewal job to re-read."""
     rows = await conn.fetch(
@@ -126,3 +120,27 @@ async def accounts_billed_by_stripe(conn: Connection) -> list[UUID]:
         list(LIVE),
     )
     return [r["account_id"] for r in rows]
+
+
+async def live_count(conn: Connection, account_id: UUID) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM subscriptions WHERE account_id = $1 AND status = ANY($2::text[])",
+        account_id,
+        list(LIVE),
+    )
+    return count
+
+
+async def forget(conn: Connection, subscription_id: str) -> bool:
+    """A subscription Stripe no longer knows ends here (`canceled`), and its account's plan
+    is settled again; False when it was never stored."""
+    account_id = await conn.fetchval(
+        """UPDATE subscriptions SET status = 'canceled', canceled_at = coalesce(canceled_at, now()),
+               updated_at = now()
+           WHERE id = $1 RETURNING account_id""",
+        subscription_id,
+    )
+    if account_id is None:
+        return False
+    await settle_plan(conn, account_id, FREE_PLAN)
+    return True

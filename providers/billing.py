@@ -31,14 +31,18 @@ def client(settings: Settings) -> stripe.StripeClient:
         settings.stripe_api_key.get_secret_value(),
         base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else {},
         http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
-        max_network_retries=2,
+        # One retry (with the SDK's own idempotency key): the whole call stays within the
+        # API's patience and the webhook activity's time.
+        max_network_retries=1,
     )
 
 
 def provider_error(exc: stripe.StripeError) -> ProviderUnavailable | ProviderRejected:
-    """A Stripe failure in the provider tree: retryable (network, 5xx, 429, a lock) or not."""
+    """A Stripe failure in the provider tree: retryable (network, 5xx, 429, a lock) or not.
+    The message names the failure, never the request (no key, no request id)."""
     status = exc.http_status or 0
-    message = exc.user_message or str(exc) or type(exc).__name__
+    kind = type(exc).__name__
+    message = f"{kind} ({status})" + (f": {exc.code}" if exc.code else "")
     if isinstance(exc, stripe.APIConnectionError) or status >= 500 or status in (409, 429):
         return ProviderUnavailable(PROVIDER, message)
     return ProviderRejected(PROVIDER, message)
@@ -57,18 +61,28 @@ class SubscriptionFacts:
     id: str
     customer_id: str
     account_hint: UUID | None  # metadata.account_id, set at Checkout
-    plan: str | None  # None: no configured plan matches
+    plan: str | None  # None: no configured plan matches what it bills
     status: str
     period_start: datetime
     period_end: datetime
     cancel_at_period_end: bool
     canceled_at: datetime | None
-    period_paid: bool  # the invoice of the current period is paid
+
+
+@dataclass(frozen=True)
+class PaidPeriod:
+    """A subscription period an invoice paid for, and the plan its price is."""
+
+    subscription_id: str
+    start: datetime
+    plan: str | None
 
 
 def subscription_facts(sub: dict[str, Any], plans: dict[str, Plan]) -> SubscriptionFacts:
-    """Reads a subscription (with `latest_invoice` expanded). The period lives on the
-    subscription item in current API versions, on the subscription in older ones."""
+    """Reads a subscription. The period lives on the subscription item in current API
+    versions, on the subscription in older ones. The plan is the one its price is (see
+    `plan_for`), not what its metadata said at Checkout: a change in the portal changes the
+    price, never the metadata."""
     items = (sub.get("items") or {}).get("data") or [{}]
     item = items[0]
     start = item.get("current_period_start", sub.get("current_period_start"))
@@ -80,24 +94,63 @@ def subscription_facts(sub: dict[str, Any], plans: dict[str, Plan]) -> Subscript
         hint: UUID | None = UUID(str(metadata.get("account_id")))
     except ValueError:
         hint = None
-    invoice = sub.get("latest_invoice")
-    paid = False
-    if isinstance(invoice, dict) and invoice.get("status") == "paid":
-        lines = (invoice.get("lines") or {}).get("data") or []
-        line_start = (lines[0].get("period") or {}).get("start") if lines else None
-        paid = line_start is None or int(line_start) == int(start)
+    price = item.get("price") or {}
     return SubscriptionFacts(
         id=str(sub["id"]),
         customer_id=str(sub.get("customer")),
         account_hint=hint,
-        plan=_plan_of(metadata, (item.get("price") or {}).get("id"), plans),
+        plan=plan_for(
+            plans,
+            price_id=price.get("id"),
+            amount=price.get("unit_amount"),
+            currency=price.get("currency"),
+            named=metadata.get("plan"),
+        ),
         status=str(sub.get("status")),
         period_start=_time(start),
         period_end=_time(end),
         cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
         canceled_at=_time(sub["canceled_at"]) if sub.get("canceled_at") else None,
-        period_paid=paid and sub.get("status") in ("active", "trialing"),
     )
+
+
+def paid_periods(
+    invoice: dict[str, Any], plans: dict[str, Plan], named: str | None = None
+) -> list[PaidPeriod]:
+    """The subscription periods a paid invoice paid for: its subscription lines that are
+    not prorations, each with the plan its price is. A draft, open, void or zero invoice
+    (a trial) pays for nothing."""
+    if invoice.get("status") != "paid" or not int(invoice.get("amount_paid") or 0) > 0:
+        return []
+    periods = []
+    for line in (invoice.get("lines") or {}).get("data") or []:
+        details = (line.get("parent") or {}).get("subscription_item_details")
+        if details is not None:  # current API versions
+            subscription, proration = details.get("subscription"), details.get("proration")
+        else:
+            subscription, proration = line.get("subscription"), line.get("proration")
+        subscription = subscription or invoice_subscription(invoice)
+        start = (line.get("period") or {}).get("start")
+        if not subscription or proration or start is None:
+            continue
+        pricing = (line.get("pricing") or {}).get("price_details") or {}
+        price = pricing.get("price") or line.get("price")
+        price_id = price.get("id") if isinstance(price, dict) else price
+        quantity = int(line.get("quantity") or 1)
+        periods.append(
+            PaidPeriod(
+                subscription_id=str(subscription),
+                start=_time(start),
+                plan=plan_for(
+                    plans,
+                    price_id=price_id,
+                    amount=int(line.get("amount") or 0) // quantity,
+                    currency=line.get("currency") or invoice.get("currency"),
+                    named=named,
+                ),
+            )
+        )
+    return periods
 
 
 def invoice_subscription(invoice: dict[str, Any]) -> str | None:
@@ -109,14 +162,34 @@ def invoice_subscription(invoice: dict[str, Any]) -> str | None:
     return str(sub) if sub else None
 
 
-def _plan_of(metadata: dict[str, Any], price_id: str | None, plans: dict[str, Plan]) -> str | None:
-    named = metadata.get("plan")
-    if named in plans:
-        return str(named)
+def plan_for(
+    plans: dict[str, Plan],
+    *,
+    price_id: str | None,
+    amount: Any,
+    currency: Any,
+    named: Any = None,
+) -> str | None:
+    """The configured plan a price is: the plan with that Stripe Price id; else, for an
+    inline price (Checkout's `price_data`), the plan named at Checkout if the price is
+    still its price, else the one plan sold at that amount and currency. None when no
+    plan is that price: nothing is granted for a price nobody configured."""
     for name, plan in plans.items():
         if price_id is not None and plan.stripe_price == price_id:
             return name
-    return None
+    try:
+        paid = (int(amount), str(currency).lower())
+    except (TypeError, ValueError):
+        return None
+    inline = {
+        name: plan
+        for name, plan in plans.items()
+        if plan.stripe_price is None and plan.price_cents > 0
+    }
+    if named in inline and (inline[named].price_cents, inline[named].currency) == paid:
+        return str(named)
+    matching = [n for n, p in inline.items() if (p.price_cents, p.currency) == paid]
+    return matching[0] if len(matching) == 1 else None
 
 
 def _time(value: Any) -> datetime:

@@ -135,6 +135,7 @@ class StripeAccount:
     idempotency: dict[str, tuple[str, int, Json]] = field(default_factory=dict)
     endpoint_url: str | None = None
     endpoint_secret: str | None = None
+    outage: bool = False
     copies: int = 1
     order: str = "sent"
     hold: bool = False
@@ -162,6 +163,7 @@ class StripeSimulator:
         r.add_api_route(
             "/v1/subscriptions/{object_id}", api(self.cancel_subscription), methods=["DELETE"]
         )
+        r.add_api_route("/v1/invoices", api(self.list_invoices), methods=["GET"])
         r.add_api_route("/v1/invoices/{object_id}", api(self.retrieve), methods=["GET"])
         r.add_api_route(
             "/v1/billing_portal/sessions", api(self.create_portal_session), methods=["POST"]
@@ -170,6 +172,10 @@ class StripeSimulator:
         r.add_api_route("/_simulator/stripe/endpoint", api(self.set_endpoint), methods=["POST"])
         r.add_api_route("/_simulator/stripe/delivery", api(self.set_delivery), methods=["POST"])
         r.add_api_route("/_simulator/stripe/flush", api(self.flush), methods=["POST"])
+        r.add_api_route("/_simulator/stripe/outage", api(self.set_outage), methods=["POST"])
+        r.add_api_route(
+            "/_simulator/stripe/invoices/{object_id}/pay", api(self.pay_invoice), methods=["POST"]
+        )
         r.add_api_route("/_simulator/stripe/deliveries", api(self.list_deliveries), methods=["GET"])
         r.add_api_route(
             "/_simulator/stripe/subscriptions/{object_id}/advance",
@@ -197,6 +203,11 @@ class StripeSimulator:
             if key is None:
                 return StripeError(401, "You did not provide an API key.").response()
             account = self._account(key)
+            if account.outage and request.url.path.startswith("/v1/"):
+                return JSONResponse(
+                    {"error": {"type": "api_error", "message": "Simulated outage."}},
+                    status_code=503,
+                )
             params = parse_form(parse_qsl((await request.body()).decode(), keep_blank_values=True))
             params |= parse_form(list(request.query_params.multi_items()))
             idem = request.headers.get("idempotency-key")
@@ -426,7 +437,23 @@ class StripeSimulator:
                 "object": "list",
                 "data": [
                     {
+                        "id": f"il_{secrets.token_hex(8)}",
                         "object": "line_item",
+                        "amount": item["price"]["unit_amount"],
+                        "currency": item["price"]["currency"],
+                        "quantity": 1,
+                        "parent": {
+                            "type": "subscription_item_details",
+                            "subscription_item_details": {
+                                "subscription": sub["id"],
+                                "subscription_item": item["id"],
+                                "proration": False,
+                            },
+                        },
+                        "pricing": {
+                            "type": "price_details",
+                            "price_details": {"price": item["price"]["id"]},
+                        },
                         "period": {
                             "start": item["current_period_start"],
                             "end": item["current_period_end"],
@@ -442,18 +469,11 @@ class StripeSimulator:
         self, request: Request, account: StripeAccount, params: Json, object_id: str
     ) -> Json:
         """The subscription's next period begins and its invoice is paid, or (`paid=false`)
-        its payment fails and the subscription is past due; or (`retry=true`) the last
-        unpaid invoice is paid."""
+        its payment fails and the subscription is past due (Stripe goes on cycling a past
+        due subscription)."""
         sub = self._get(account, object_id, "subscription")
         if sub["status"] == "canceled":
             raise StripeError(400, "This subscription is canceled.")
-        if _flag(params.get("retry", False)):
-            invoice = self._get(account, sub["latest_invoice"], "invoice")
-            invoice |= {"status": "paid", "amount_paid": invoice["amount_due"]}
-            sub["status"] = "active"
-            await self._emit(account, "invoice.paid", invoice)
-            await self._emit(account, "customer.subscription.updated", sub)
-            return sub
         if sub["cancel_at_period_end"]:
             await self._end(account, sub)
             return sub
@@ -466,6 +486,48 @@ class StripeSimulator:
         await self._emit(account, "invoice.paid" if paid else "invoice.payment_failed", invoice)
         await self._emit(account, "customer.subscription.updated", sub)
         return sub
+
+    async def pay_invoice(
+        self, request: Request, account: StripeAccount, params: Json, object_id: str
+    ) -> Json:
+        """An open invoice is paid (a retried card, say); a past due subscription whose
+        latest invoice this is becomes active again."""
+        invoice = self._get(account, object_id, "invoice")
+        if invoice["status"] != "open":
+            raise StripeError(400, f"This invoice is {invoice['status']}.")
+        invoice |= {"status": "paid", "amount_paid": invoice["amount_due"]}
+        sub_id = invoice["parent"]["subscription_details"]["subscription"]
+        sub = self._get(account, sub_id, "subscription")
+        await self._emit(account, "invoice.paid", invoice)
+        if sub["latest_invoice"] == invoice["id"] and sub["status"] == "past_due":
+            sub["status"] = "active"
+            await self._emit(account, "customer.subscription.updated", sub)
+        return invoice
+
+    async def list_invoices(self, request: Request, account: StripeAccount, params: Json) -> Json:
+        found = [
+            o
+            for o in account.objects.values()
+            if o["object"] == "invoice"
+            and (
+                "subscription" not in params
+                or o["parent"]["subscription_details"]["subscription"] == params["subscription"]
+            )
+            and ("status" not in params or o["status"] == params["status"])
+        ]
+        found.sort(key=lambda o: (o["created"], o["id"]), reverse=True)
+        limit = int(params.get("limit", 10))
+        return {
+            "object": "list",
+            "url": "/v1/invoices",
+            "has_more": len(found) > limit,
+            "data": found[:limit],
+        }
+
+    async def set_outage(self, request: Request, account: StripeAccount, params: Json) -> Json:
+        """`on=true`: every API call of this account answers 503 until `on=false`."""
+        account.outage = _flag(params.get("on", True))
+        return {"outage": account.outage}
 
     async def end_subscription(
         self, request: Request, account: StripeAccount, params: Json, object_id: str

@@ -166,6 +166,8 @@ def process_env(settings: Settings, home: str, **extra: str) -> dict[str, str]:
             else {}
         ),
         **({"STRIPE_API_BASE": settings.stripe_api_base} if settings.stripe_api_base else {}),
+        "STRIPE_EVENT_ATTEMPTS": str(settings.stripe_event_attempts),
+        "STRIPE_OUTAGE_PAUSE_SECONDS": str(settings.stripe_outage_pause_seconds),
         **(
             {"BILLING_RETURN_URL": settings.billing_return_url}
             if settings.billing_return_url

@@ -20,9 +20,10 @@ import pytest
 from temporalio.client import Client
 
 from core import schedules, temporal
-from core.settings import Settings
+from core.settings import Plan, Settings
+from providers.billing import plan_for
 from tests.conftest import STRIPE_WEBHOOK_SECRET, Account, Servers, make_settings
-from tests.helpers import run_job, running_api, running_worker
+from tests.helpers import as_tenant, record_history, run_job, running_api, running_worker
 
 PLANS: dict[str, Any] = {
     "free": {"name": "Free", "analyses_per_hour": 10**6, "requests_per_minute": 10**6},
@@ -48,6 +49,9 @@ async def stack(servers: Servers) -> AsyncIterator[Stack]:
         plans=PLANS,
         stripe_api_key=f"sk_test_billing_{uuid4().hex}",
         billing_return_url="http://app.test/billing",
+        # An outage of Stripe's makes events wait (1 s here, not 10 minutes) after 2 tries.
+        stripe_event_attempts=2,
+        stripe_outage_pause_seconds=1,
     )
     assert settings.stripe_api_key is not None
     client = await temporal.connect(settings)
@@ -79,6 +83,7 @@ async def stack(servers: Servers) -> AsyncIterator[Stack]:
 async def plain_delivery(stack: Stack) -> AsyncIterator[None]:
     await _delivery(stack, copies=1, order="sent", hold=False)
     yield
+    await _sim(stack, "/_simulator/stripe/outage", on="false")
     await _delivery(stack, copies=1, order="sent", hold=False)
 
 
@@ -271,6 +276,12 @@ def _renewals(ledger: list[tuple[str, int, str]]) -> list[tuple[int, str]]:
     return [(delta, key) for kind, delta, key in ledger if kind == "renewal"]
 
 
+async def _pay_latest_invoice(stack: Stack, subscription: str) -> str:
+    sub = (await stack.sim.get(f"/v1/subscriptions/{subscription}")).json()
+    await _sim(stack, f"/_simulator/stripe/invoices/{sub['latest_invoice']}/pay")
+    return str(sub["latest_invoice"])
+
+
 async def _period_start(stack: Stack, subscription: str) -> str:
     sub = (await stack.sim.get(f"/v1/subscriptions/{subscription}")).json()
     start = sub["items"]["data"][0]["current_period_start"]
@@ -316,7 +327,7 @@ async def test_a_subscription_from_checkout_to_renewals_to_cancellation(
     report = await run_job(stack.temporal, stack.settings, "renewal")
     assert subscription not in report["subscriptions_granted"]
     second = await _period_start(stack, subscription)
-    await _sim(stack, f"/_simulator/stripe/subscriptions/{subscription}/advance", retry="true")
+    await _pay_latest_invoice(stack, subscription)
     await _settled(stack, system_pool)
     assert (await _plan(stack, account))["status"] == "active"
     assert _renewals(await _ledger(system_pool, account)) == [
@@ -399,4 +410,192 @@ async def test_subscription_events_out_of_order_end_in_stripes_state(
     assert (
         await system_pool.fetchval("SELECT plan FROM accounts WHERE id = $1", account.account_id)
         == "free"
+    )
+
+
+async def test_a_period_paid_late_is_granted_even_after_the_next_one_began(
+    stack, new_account, system_pool
+):
+    """Period 2's payment fails; Stripe goes on cycling the subscription, and period 3's
+    fails too; then period 2's invoice is paid, then period 3's: each period is granted
+    once, for itself (reading only the subscription's latest invoice would lose period 2)."""
+    account = await new_account(credits_granted=1)
+    subscription = await _subscribe(stack, account)
+    await _settled(stack, system_pool)
+    starts = [await _period_start(stack, subscription)]
+    invoices = []
+    for _ in range(2):
+        await _sim(stack, f"/_simulator/stripe/subscriptions/{subscription}/advance", paid="false")
+        starts.append(await _period_start(stack, subscription))
+        sub = (await stack.sim.get(f"/v1/subscriptions/{subscription}")).json()
+        invoices.append(sub["latest_invoice"])
+    await _settled(stack, system_pool)
+    assert (await _plan(stack, account))["status"] == "past_due"
+    assert _renewals(await _ledger(system_pool, account)) == [
+        (500, f"renewal:{subscription}:{starts[0]}")
+    ]
+    await _sim(stack, f"/_simulator/stripe/invoices/{invoices[0]}/pay")
+    await _settled(stack, system_pool)
+    assert (await _plan(stack, account))["status"] == "past_due"  # period 3 is still unpaid
+    await _sim(stack, f"/_simulator/stripe/invoices/{invoices[1]}/pay")
+    await _settled(stack, system_pool)
+    assert (await _plan(stack, account))["status"] == "active"
+    assert _renewals(await _ledger(system_pool, account)) == [
+        (500, f"renewal:{subscription}:{start}") for start in starts
+    ]
+
+
+async def test_stripe_down_answers_503_and_delays_events_without_dead_lettering(
+    stack, new_account, system_pool
+):
+    account = await new_account(credits_granted=1)
+    subscription = await _subscribe(stack, account)
+    await _settled(stack, system_pool)
+    await _sim(stack, "/_simulator/stripe/outage", on="true")
+    bought = await stack.api.post(
+        "/api/credits/purchase", json={"package": "starter"}, headers=account.headers
+    )
+    assert bought.status_code == 503, bought.text
+    assert bought.json()["error"]["code"] == "payment_provider_unavailable"
+    # The next period's events arrive while Stripe cannot be asked about them: their
+    # workflows wait (2 tries, then a pause, again and again) instead of dead-lettering.
+    await _sim(stack, f"/_simulator/stripe/subscriptions/{subscription}/advance")
+    events = (await stack.sim.get("/_simulator/stripe/deliveries")).json()["events"]
+    paid = next(e["id"] for e in reversed(events) if e["type"] == "invoice.paid")
+    await asyncio.sleep(6)  # several rounds of tries and pauses
+    status = await system_pool.fetchval("SELECT status FROM stripe_events WHERE id = $1", paid)
+    assert status == "received"
+    assert len(_renewals(await _ledger(system_pool, account))) == 1
+    await _sim(stack, "/_simulator/stripe/outage", on="false")
+    await _settled(stack, system_pool)
+    assert (
+        await system_pool.fetchval("SELECT status FROM stripe_events WHERE id = $1", paid)
+        == "processed"
+    )
+    assert len(_renewals(await _ledger(system_pool, account))) == 2
+    await record_history(stack.temporal, "", "stripe_outage_wait", workflow_id=f"stripe-{paid}")
+
+
+async def test_concurrent_first_purchases_make_one_stripe_customer(stack, new_account, system_pool):
+    account = await new_account(credits_granted=1)
+    answers = await asyncio.gather(
+        *(
+            stack.api.post(
+                "/api/credits/purchase", json={"package": "starter"}, headers=account.headers
+            )
+            for _ in range(5)
+        )
+    )
+    assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
+    assert len({a.json()["session_id"] for a in answers}) == 5
+    customer = await system_pool.fetchval(
+        "SELECT stripe_customer_id FROM accounts WHERE id = $1", account.account_id
+    )
+    for answer in answers:
+        session = await stack.sim.get(f"/v1/checkout/sessions/{answer.json()['session_id']}")
+        assert session.json()["customer"] == customer
+
+
+async def test_the_renewal_job_ends_a_subscription_stripe_forgot_and_goes_on(
+    stack, new_account, system_pool
+):
+    """One subscription Stripe answers 404 for (its customer was deleted there): it ends
+    here, its account back on the free plan; the job still re-reads the others."""
+    forgotten, kept = await new_account(credits_granted=1), await new_account(credits_granted=1)
+    ghost = f"sub_ghost{uuid4().hex[:12]}"
+    await system_pool.execute(
+        """INSERT INTO subscriptions (id, account_id, customer_id, plan, status,
+               current_period_start, current_period_end)
+           VALUES ($1, $2, 'cus_ghost', 'pro', 'active', now(), now() + interval '30 days')""",
+        ghost,
+        forgotten.account_id,
+    )
+    await system_pool.execute(
+        "UPDATE accounts SET plan = 'pro' WHERE id = $1", forgotten.account_id
+    )
+    subscription = await _subscribe(stack, kept)
+    await _settled(stack, system_pool)
+    await _delivery(stack, hold=True)  # the next period's events are lost for now
+    await _sim(stack, f"/_simulator/stripe/subscriptions/{subscription}/advance")
+    report = await run_job(stack.temporal, stack.settings, "renewal")
+    assert subscription in report["subscriptions_granted"]
+    row = await system_pool.fetchrow(
+        "SELECT s.status, a.plan FROM subscriptions s JOIN accounts a ON a.id = s.account_id "
+        "WHERE s.id = $1",
+        ghost,
+    )
+    assert (row["status"], row["plan"]) == ("canceled", "free")
+    assert len(_renewals(await _ledger(system_pool, kept))) == 2
+    await _sim(stack, "/_simulator/stripe/flush")
+    await _settled(stack, system_pool)
+    assert len(_renewals(await _ledger(system_pool, kept))) == 2
+
+
+def test_a_subscription_is_the_plan_its_price_is():
+    """The plan comes from the price, not from what metadata said at Checkout: a portal
+    change of price changes the plan; a price no plan has is no plan."""
+    plans = {
+        "free": Plan(name="Free"),
+        "pro": Plan(name="Pro", price_cents=4_900),
+        "business": Plan(name="Business", price_cents=19_900),
+        "team": Plan(name="Team", stripe_price="price_team"),
+    }
+
+    def plan(price_id: str | None, amount: int, named: str | None = "pro") -> str | None:
+        return plan_for(plans, price_id=price_id, amount=amount, currency="usd", named=named)
+
+    assert plan("price_inline1", 4_900) == "pro"
+    assert plan("price_inline2", 19_900) == "business"  # metadata says pro: the price wins
+    assert plan("price_team", 1) == "team"
+    assert plan("price_inline3", 5_000) is None
+    assert plan_for(plans, price_id=None, amount=4_900, currency="eur", named="pro") is None
+
+
+async def test_the_api_role_reads_its_own_subscriptions_and_sets_only_its_own_customer(
+    settings, new_account, system_pool
+):
+    mine, theirs = await new_account(credits_granted=1), await new_account(credits_granted=1)
+    for account in (mine, theirs):
+        await system_pool.execute(
+            """INSERT INTO subscriptions (id, account_id, customer_id, plan, status,
+                   current_period_start, current_period_end)
+               VALUES ($1, $2, 'cus_x', 'pro', 'active', now(), now() + interval '30 days')""",
+            f"sub_rls{uuid4().hex[:12]}",
+            account.account_id,
+        )
+    conn = await asyncpg.connect(settings.api_dsn)
+    try:
+        async with as_tenant(conn, mine.account_id):
+            seen = await conn.fetch("SELECT account_id FROM subscriptions")
+            assert {r["account_id"] for r in seen} == {mine.account_id}
+            # Another account's customer cannot be set from this account.
+            other = await conn.fetchval(
+                "SELECT set_stripe_customer($1, 'cus_stolen')", theirs.account_id
+            )
+            assert other is None
+            first = await conn.fetchval(
+                "SELECT set_stripe_customer($1, 'cus_first')", mine.account_id
+            )
+            second = await conn.fetchval(
+                "SELECT set_stripe_customer($1, 'cus_second')", mine.account_id
+            )
+            assert (first, second) == ("cus_first", "cus_first")
+        for statement in (
+            "UPDATE subscriptions SET status = 'canceled'",
+            "UPDATE subscriptions SET cancel_at_period_end = true",
+            "INSERT INTO subscriptions (id, account_id, customer_id, plan, status, "
+            "current_period_start, current_period_end) "
+            f"VALUES ('sub_forged', '{mine.account_id}', 'cus_x', 'pro', 'active', now(), now())",
+            "UPDATE accounts SET stripe_customer_id = 'cus_forged'",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with as_tenant(conn, mine.account_id):
+                    await conn.execute(statement)
+    finally:
+        await conn.close()
+    assert (
+        await system_pool.fetchval(
+            "SELECT stripe_customer_id FROM accounts WHERE id = $1", theirs.account_id
+        )
+        is None
     )

@@ -4,6 +4,7 @@ who closes the page after paying still gets what they paid for, once."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from uuid import UUID, uuid4
@@ -25,6 +26,7 @@ from api.schemas import CheckoutOut, PortalOut, PurchaseIn, SubscribeIn, Subscri
 from core.settings import Settings
 from db import billing
 from providers import billing as stripe_api
+from providers.errors import ProviderUnavailable
 
 router = APIRouter(tags=["billing"])
 
@@ -61,33 +63,47 @@ def _stripe(request: Request, settings: Settings) -> stripe.StripeClient:
     return existing
 
 
-async def _call(what: Callable[[], Awaitable[T]], *, key_field: str | None = None) -> T:
-    """A Stripe call; its failures answer 502 (or 409 for a reused idempotency key)."""
+async def _call(what: Callable[[], Awaitable[T]]) -> T:
+    """A Stripe call. Stripe out of reach (or overloaded) answers 503, a refusal 502, a
+    reused idempotency key 409; the message names the failure, never the request."""
     try:
         return await what()
     except stripe.IdempotencyError:
         raise Conflict(
             "This Idempotency-Key was used with another request.",
             code="idempotency_key_reused",
-            field=key_field or "Idempotency-Key",
+            field="Idempotency-Key",
         ) from None
     except stripe.StripeError as exc:
-        raise BadGateway(f"Stripe: {stripe_api.provider_error(exc).message}") from None
+        error = stripe_api.provider_error(exc)
+        if isinstance(error, ProviderUnavailable):
+            raise Unavailable(
+                "Stripe is unavailable; nothing was bought or changed. Retry shortly.",
+                code="payment_provider_unavailable",
+            ) from None
+        raise BadGateway(f"Stripe refused the request: {error.message}.") from None
 
 
 async def _customer(scope: Tenant, client: stripe.StripeClient) -> str:
     """The account's Stripe customer, created the first time (once, even when two requests
-    race: the first recorded wins, and the same idempotency key makes one customer)."""
+    race: the same idempotency key makes one customer, and the first recorded wins)."""
     async with scope.transaction() as conn:
         existing = await billing.customer_of(conn, scope.account_id)
     if existing is not None:
         return existing
-    created = await _call(
-        lambda: client.v1.customers.create_async(
+
+    async def create() -> Any:
+        return await client.v1.customers.create_async(
             params={"metadata": {"account_id": str(scope.account_id)}},
             options={"idempotency_key": f"customer-{scope.account_id}"},
         )
-    )
+
+    try:
+        created = await _call(create)
+    except Conflict:
+        # A concurrent first purchase holds the key at Stripe: its answer is ours too.
+        await asyncio.sleep(1.0)
+        created = await _call(create)
     async with scope.transaction() as conn:
         return await billing.set_customer(conn, scope.account_id, created.id)
 
@@ -191,7 +207,7 @@ async def subscribe(
     idempotency_key: Annotated[str | None, _IDEMPOTENCY_KEY] = None,
 ) -> CheckoutOut:
     """The plan, and each period's credits, start when Stripe reports the first invoice
-    paid. To change plans, cancel and subscribe again, or use the portal."""
+    paid. To change plans, use the billing portal (`POST /api/billing/portal`)."""
     scope.require_manager()
     plan = settings.plans.get(body.plan)
     if plan is None or (plan.price_cents == 0 and plan.stripe_price is None):
@@ -206,6 +222,9 @@ async def subscribe(
         )
     client = _stripe(request, settings)
     customer = await _customer(scope, client)
+    # Without a key of the client's, one per account, plan and subscription history: two
+    # tabs subscribing to the same plan get the same Checkout, not two subscriptions.
+    key = idempotency_key or f"{body.plan}-{current['id'] if current else 'first'}"
     metadata = {"account_id": str(scope.account_id), "plan": body.plan}
     item: dict[str, Any] = (
         {"price": plan.stripe_price}
@@ -232,9 +251,7 @@ async def subscribe(
     session = await _call(
         lambda: client.v1.checkout.sessions.create_async(
             params=params,  # type: ignore[arg-type]
-            options={
-                "idempotency_key": _idempotency(scope.account_id, "subscribe", idempotency_key)
-            },
+            options={"idempotency_key": _idempotency(scope.account_id, "subscribe", key)},
         )
     )
     return CheckoutOut(session_id=session.id, url=str(session.url))
@@ -250,8 +267,13 @@ async def get_subscription(scope: Tenant, settings: SettingsDep) -> Subscription
     never subscribed."""
     async with scope.transaction() as conn:
         row = await billing.current(conn, scope.account_id)
-        plan = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", scope.account_id)
-    return _subscription_out(settings, str(plan), row)
+    return _subscription_out(settings, await _account_plan(scope), row)
+
+
+async def _account_plan(scope: Tenant) -> str:
+    async with scope.transaction() as conn:
+        plan: str = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", scope.account_id)
+    return plan
 
 
 @router.delete(
@@ -278,21 +300,20 @@ async def cancel_subscription(
         row = await billing.current(conn, scope.account_id)
     if row is None or row["status"] not in billing.LIVE:
         raise NotFound("The account has no active subscription.", code="no_subscription")
-    if not row["cancel_at_period_end"]:
-        client = _stripe(request, settings)
-        subscription_id = str(row["id"])
-        await _call(
-            lambda: client.v1.subscriptions.update_async(
-                subscription_id, params={"cancel_at_period_end": True}
-            )
+    plan = await _account_plan(scope)
+    if row["cancel_at_period_end"]:
+        return _subscription_out(settings, plan, row)
+    client = _stripe(request, settings)
+    subscription_id = str(row["id"])
+    updated = await _call(
+        lambda: client.v1.subscriptions.update_async(
+            subscription_id, params={"cancel_at_period_end": True}
         )
-        async with scope.transaction() as conn:
-            await billing.mark_cancel_at_period_end(conn, subscription_id)
-            row = await billing.current(conn, scope.account_id)
-            plan = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", scope.account_id)
-    else:
-        plan = row["plan"]
-    return _subscription_out(settings, str(plan), row)
+    )
+    # Stripe's event stores the change (under the subscription's lock, in order with the
+    # others); this answer says what Stripe answered.
+    answered = dict(row) | {"cancel_at_period_end": bool(updated.cancel_at_period_end)}
+    return _subscription_out(settings, plan, answered)
 
 
 @router.post(

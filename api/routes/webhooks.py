@@ -91,7 +91,7 @@ async def stripe_webhook(
         settings,
         health,
         StripeEventWorkflow.run,
-        StripeEventInput(event_id=event.id, attempts=settings.stripe_event_attempts),
+        StripeEventInput.of(event.id, settings),
         {
             "id": stripe_workflow_id(event.id),
             "task_queue": settings.task_queue,
