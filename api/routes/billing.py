@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import stripe
 from fastapi import APIRouter, Header, Request, status
@@ -108,8 +108,40 @@ async def _customer(scope: Tenant, client: stripe.StripeClient) -> str:
         return await billing.set_customer(conn, scope.account_id, created.id)
 
 
-def _idempotency(account_id: UUID, action: str, key: str | None) -> str:
-    return f"{action}-{account_id}-{key or uuid4()}"
+async def _checkout(
+    scope: Tenant,
+    settings: Settings,
+    request: Request,
+    *,
+    mode: str,
+    item: dict[str, Any],
+    metadata: dict[str, str],
+    key: str | None,
+    **extra: Any,
+) -> CheckoutOut:
+    """A Checkout session for the account's customer: one item, the account in metadata,
+    back to BILLING_RETURN_URL; the same key gives the same session (Stripe keeps keys 24 h)."""
+    client = _stripe(request, settings)
+    customer = await _customer(scope, client)
+    back = "checkout" if mode == "payment" else "subscription"
+    params: dict[str, Any] = {
+        "mode": mode,
+        "customer": customer,
+        "client_reference_id": str(scope.account_id),
+        "line_items": [{"quantity": 1, **item}],
+        "metadata": metadata,
+        "success_url": f"{settings.return_url}?{back}=success",
+        "cancel_url": f"{settings.return_url}?{back}=cancelled",
+        **extra,
+    }
+    idempotency = f"{mode}-{scope.account_id}-{key or uuid4()}"
+    session = await _call(
+        lambda: client.v1.checkout.sessions.create_async(
+            params=params,  # type: ignore[arg-type]
+            options={"idempotency_key": idempotency},
+        )
+    )
+    return CheckoutOut(session_id=session.id, url=str(session.url))
 
 
 @router.post(
@@ -146,35 +178,21 @@ async def purchase(
             code="unknown_package",
             field="package",
         )
-    client = _stripe(request, settings)
-    customer = await _customer(scope, client)
-    params: dict[str, Any] = {
-        "mode": "payment",
-        "customer": customer,
-        "client_reference_id": str(scope.account_id),
-        "line_items": [
-            {
-                "quantity": 1,
-                "price_data": {
-                    "currency": package.currency,
-                    "unit_amount": package.amount_cents,
-                    "product_data": {"name": f"{package.credits} Oslira credits"},
-                },
+    return await _checkout(
+        scope,
+        settings,
+        request,
+        mode="payment",
+        item={
+            "price_data": {
+                "currency": package.currency,
+                "unit_amount": package.amount_cents,
+                "product_data": {"name": f"{package.credits} Oslira credits"},
             }
-        ],
-        "metadata": {"account_id": str(scope.account_id), "package": body.package},
-        "success_url": f"{settings.return_url}?checkout=success",
-        "cancel_url": f"{settings.return_url}?checkout=cancelled",
-    }
-    session = await _call(
-        lambda: client.v1.checkout.sessions.create_async(
-            params=params,  # type: ignore[arg-type]
-            options={
-                "idempotency_key": _idempotency(scope.account_id, "purchase", idempotency_key)
-            },
-        )
+        },
+        metadata={"account_id": str(scope.account_id), "package": body.package},
+        key=idempotency_key,
     )
-    return CheckoutOut(session_id=session.id, url=str(session.url))
 
 
 @router.post(
@@ -220,41 +238,30 @@ async def subscribe(
             f"{current['plan']}; cancel it first or use the billing portal.",
             code="subscription_exists",
         )
-    client = _stripe(request, settings)
-    customer = await _customer(scope, client)
     # Without a key of the client's, one per account, plan and subscription history: two
     # tabs subscribing to the same plan get the same Checkout, not two subscriptions.
-    key = idempotency_key or f"{body.plan}-{current['id'] if current else 'first'}"
     metadata = {"account_id": str(scope.account_id), "plan": body.plan}
-    item: dict[str, Any] = (
-        {"price": plan.stripe_price}
-        if plan.stripe_price
-        else {
-            "price_data": {
-                "currency": plan.currency,
-                "unit_amount": plan.price_cents,
-                "recurring": {"interval": "month"},
-                "product_data": {"name": f"Oslira {plan.name}"},
+    return await _checkout(
+        scope,
+        settings,
+        request,
+        mode="subscription",
+        item=(
+            {"price": plan.stripe_price}
+            if plan.stripe_price
+            else {
+                "price_data": {
+                    "currency": plan.currency,
+                    "unit_amount": plan.price_cents,
+                    "recurring": {"interval": "month"},
+                    "product_data": {"name": f"Oslira {plan.name}"},
+                }
             }
-        }
+        ),
+        metadata=metadata,
+        key=idempotency_key or f"{body.plan}-{current['id'] if current else 'first'}",
+        subscription_data={"metadata": metadata},
     )
-    params: dict[str, Any] = {
-        "mode": "subscription",
-        "customer": customer,
-        "client_reference_id": str(scope.account_id),
-        "line_items": [{"quantity": 1, **item}],
-        "metadata": metadata,
-        "subscription_data": {"metadata": metadata},
-        "success_url": f"{settings.return_url}?subscription=success",
-        "cancel_url": f"{settings.return_url}?subscription=cancelled",
-    }
-    session = await _call(
-        lambda: client.v1.checkout.sessions.create_async(
-            params=params,  # type: ignore[arg-type]
-            options={"idempotency_key": _idempotency(scope.account_id, "subscribe", key)},
-        )
-    )
-    return CheckoutOut(session_id=session.id, url=str(session.url))
 
 
 @router.get(
