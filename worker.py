@@ -34,7 +34,7 @@ from core.settings import Settings
 from db.pool import create_pool
 from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.apify import APIFY, ApifyScraper
-from providers.cache import PostgresProfileCache
+from providers.cache import profile_cache as make_profile_cache
 from workflows.analysis import AnalysisWorkflow
 from workflows.billing import StripeEventWorkflow
 from workflows.bulk import BulkAnalysisWorkflow
@@ -87,13 +87,13 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
 
         credit = CreditActivities(pool, settings)
         compensation = CompensationActivities(pool)
-        profile_cache = PostgresProfileCache(pool)
+        profile_cache = make_profile_cache(settings, pool)
         cache = CacheActivities(profile_cache, pool, settings)
         scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
         ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
-        maintenance = MaintenanceActivities(pool, client, settings)
+        maintenance = MaintenanceActivities(pool, client, settings, profile_cache)
         billing = BillingActivities(pool, settings)
 
         activities: list[Callable[..., Any]] = [

@@ -31,6 +31,7 @@ from core.temporal import workflow_id
 from core.tiers import Tier
 from db import analyses, batches, billing, credits, maintenance, stripe_events
 from db.pool import connection
+from providers.cache import PostgresProfileCache, ProfileCache
 from providers.errors import ProviderRejected, ProviderUnavailable
 from workflows.billing import StripeEventWorkflow, stripe_workflow_id
 from workflows.bulk import bulk_workflow_id
@@ -43,8 +44,15 @@ ORPHANED_ITEM = "The batch stopped before this item started; it was refunded."
 
 
 class MaintenanceActivities:
-    def __init__(self, pool: asyncpg.Pool, client: Client, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: Client,
+        settings: Settings,
+        cache: ProfileCache | None = None,
+    ) -> None:
         self._pool = pool
+        self._cache = cache or PostgresProfileCache(pool)
         self._client = client
         self._settings = settings
         self._subscriptions = SubscriptionSync(settings)
@@ -215,9 +223,10 @@ class MaintenanceActivities:
         entries (db.maintenance.purge); never a ledger row."""
         oldest = max(self._settings.cache_ttl_seconds(tier) for tier in Tier)
         async with connection(self._pool) as conn:
-            purged = await maintenance.purge(conn, cache_max_age_seconds=oldest)
-        log.info("cleanup: %s", purged)
-        return CleanupReport(**vars(purged))
+            purged = await maintenance.purge(conn)
+        cache_entries = await self._cache.purge(oldest)
+        log.info("cleanup: %s, %d cached profiles", purged, cache_entries)
+        return CleanupReport(**vars(purged), cache_entries=cache_entries)
 
     @activity.defn
     @never_giving_up

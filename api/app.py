@@ -19,6 +19,7 @@ from api.routes import (
     billing,
     bulk,
     business_profiles,
+    cache,
     credits,
     health,
     leads,
@@ -28,6 +29,7 @@ from api.routes import (
 from core import temporal
 from core.settings import Settings, load_settings
 from db.pool import create_pool
+from providers.cache import profile_cache
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, lazy=True, patience=settings.temporal_unreachable_after_seconds
         )
         app.state.temporal_health = TemporalHealth()
+        app.state.profile_cache = profile_cache(settings, app.state.pool)
         try:
             yield
         finally:
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analysis,
         bulk,
         leads,
+        cache,
         business_profiles,
         credits,
         billing,

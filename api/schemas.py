@@ -199,6 +199,18 @@ class LeadAnalysis(BaseModel):
     finished_at: datetime | None
 
 
+class ProfileChangeOut(BaseModel):
+    field: str = Field(description="followers_count, biography, is_private or is_verified")
+    before: Any
+    after: Any
+    amount: float | None = Field(
+        default=None,
+        description="followers: the relative change (0.25 is +25%); biography: the "
+        "normalised edit distance (0-1)",
+    )
+    detected_at: datetime
+
+
 class ResultResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.RESULT]})
 
@@ -215,6 +227,11 @@ class ResultResponse(BaseModel):
     )
     credits_charged: int
     cost: CostBreakdown | dict[str, Any]
+    changes: list[ProfileChangeOut] = Field(
+        default_factory=list,
+        description="What changed on the profile since the lead's previous analysis: "
+        "followers by more than 10%, the bio by more than 30%, private or verified flipped",
+    )
     steps: list[StepRecord]
     created_at: datetime
     finished_at: datetime | None
@@ -610,3 +627,50 @@ class UsageResponse(BaseModel):
     credits_spent: int
     credits_refunded: int
     tiers: list[TierUsageOut]
+
+
+class RefreshCheckIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"analysis_type": "deep"}]}
+    )
+
+    analysis_type: Tier = Field(description="The tier whose freshness (cache TTL) applies")
+
+
+class RefreshCheckOut(BaseModel):
+    lead_id: UUID
+    analysis_type: Tier
+    stale: bool = Field(
+        description="Whether an analysis now would scrape, or see a changed profile"
+    )
+    reasons: list[str] = Field(
+        description="`not_cached` (the next analysis scrapes), `older_than_ttl` (the cached "
+        "profile is older than the tier accepts), `profile_changed` (the cached profile "
+        "differs from the one last analysed: see `changes`)"
+    )
+    cached: bool
+    age_seconds: float | None = Field(description="The cached profile's age")
+    ttl_seconds: float = Field(description="The tier's freshness limit")
+    changes: list[ProfileChangeOut] = Field(
+        description="The cached profile against the lead as last analysed"
+    )
+    last_analyzed_at: datetime | None
+
+
+class ForceRefreshIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"analyze": True, "analysis_type": "light"}]},
+    )
+
+    analyze: bool = Field(default=False, description="Also start an analysis (charged as usual)")
+    analysis_type: Tier | None = Field(
+        default=None,
+        description="With `analyze`: the tier (default: that of the lead's latest analysis)",
+    )
+
+
+class ForceRefreshOut(BaseModel):
+    lead_id: UUID
+    dropped: bool = Field(description="Whether a cached profile was there to drop")
+    run: RunAccepted | None = Field(description="The analysis started, with `analyze`")

@@ -211,6 +211,16 @@ class Settings(BaseSettings):
     cache_ttl_hours_light: float = 24
     cache_ttl_hours_deep: float = 12
     cache_ttl_hours_xray: float = 6
+    # Where scraped profiles are kept: the database (default), or S3 (AWS, Cloudflare R2,
+    # MinIO: any S3 API at S3_ENDPOINT_URL). Credentials: S3_ACCESS_KEY_ID and
+    # S3_SECRET_ACCESS_KEY, else boto3's usual chain (environment, profile, instance role).
+    profile_cache: Literal["postgres", "s3"] = "postgres"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     # Plans by name (accounts.plan), as JSON in PLANS: allowances and rate limits.
     plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
     # Stripe: the credit packages sold (JSON in PACKAGES), and the webhook endpoint's
@@ -270,6 +280,12 @@ class Settings(BaseSettings):
             if not re.fullmatch(PLAN_NAME, name):
                 raise ValueError(f"plan names match {PLAN_NAME}: {name!r} does not")
         return plans
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.profile_cache == "s3" and not self.s3_bucket:
+            raise ValueError("PROFILE_CACHE=s3 needs S3_BUCKET")
+        return self
 
     @model_validator(mode="after")
     def _refuse_missing_services(self) -> Settings:

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from core.changes import Snapshot, changes
 from core.models import Profile
 from db.pool import Connection
 
@@ -22,6 +23,17 @@ async def upsert(
     score: int | None,
     analysis_id: UUID,
 ) -> UUID:
+    """Creates or refreshes the lead; what changed since its previous analysis (core.changes)
+    is kept in its history, seen by this analysis."""
+    previous = await conn.fetchrow(
+        """SELECT followers_count, biography, is_private, is_verified FROM leads
+           WHERE account_id = $1 AND business_profile_id = $2 AND username = $3
+             AND deleted_at IS NULL
+           FOR UPDATE""",
+        account_id,
+        business_profile_id,
+        profile.username,
+    )
     lead_id: UUID = await conn.fetchval(
         """INSERT INTO leads (account_id, business_profile_id, username, full_name, biography,
                external_url, profile_pic_url, followers_count, follows_count, posts_count,
@@ -59,7 +71,42 @@ async def upsert(
         score,
         analysis_id,
     )
+    if previous is not None:
+        now = Snapshot(
+            followers_count=profile.followers_count,
+            biography=profile.biography,
+            is_private=profile.is_private,
+            is_verified=profile.is_verified,
+        )
+        found = changes(Snapshot.model_validate(dict(previous)), now)
+        await conn.executemany(
+            """INSERT INTO lead_changes (account_id, lead_id, analysis_id, field, before, after,
+                   amount)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (analysis_id, field) DO NOTHING""",
+            [
+                (account_id, lead_id, analysis_id, c.field, c.before, c.after, c.amount)
+                for c in found
+            ],
+        )
     return lead_id
+
+
+async def changes_seen_by(conn: Connection, analysis_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT field, before, after, amount, detected_at FROM lead_changes
+           WHERE analysis_id = $1 ORDER BY id""",
+        analysis_id,
+    )
+
+
+async def change_history(conn: Connection, lead_id: UUID, limit: int = 100) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT analysis_id, field, before, after, amount, detected_at FROM lead_changes
+           WHERE lead_id = $1 ORDER BY detected_at DESC, id DESC LIMIT $2""",
+        lead_id,
+        limit,
+    )
 
 
 async def get(conn: Connection, lead_id: UUID) -> asyncpg.Record | None:

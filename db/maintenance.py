@@ -20,11 +20,10 @@ class Purged:
     leads: int
     business_profiles: int
     business_profiles_emptied: int
-    cache_entries: int
     webhook_events: int
 
 
-async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
+async def purge(conn: Connection) -> Purged:
     """Hard-deletes, by the database's clock:
     - leads deleted more than 30 days ago; the runs that made them stay (with their ledger
       rows), pointing at no lead. The leads of a deleted business profile are not deleted
@@ -32,7 +31,6 @@ async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
     - business profiles deleted that long ago that no run, batch or lead refers to; the
       others keep an empty row under a neutral name, since their runs' ledger rows must
       stay;
-    - cached profiles older than the longest freshness any tier accepts;
     - Stripe events applied (or ignored) and received more than 90 days ago. Dead-lettered
       events stay until an operator replays them.
     """
@@ -79,10 +77,6 @@ async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
             PURGE_AFTER_DAYS,
             TOMBSTONE,
         )
-    cache = await conn.execute(
-        "DELETE FROM profile_cache WHERE stored_at < now() - make_interval(secs => $1)",
-        cache_max_age_seconds,
-    )
     events = await conn.execute(
         """DELETE FROM stripe_events
            WHERE status IN ('processed', 'ignored')
@@ -93,7 +87,6 @@ async def purge(conn: Connection, *, cache_max_age_seconds: float) -> Purged:
         leads=leads,
         business_profiles=len(deleted),
         business_profiles_emptied=len(emptied),
-        cache_entries=int(cache.rsplit(" ", 1)[-1]),
         webhook_events=int(events.rsplit(" ", 1)[-1]),
     )
 

@@ -22,3 +22,15 @@ async def put(conn: Connection, key: str, profile: dict[str, Any], size: int) ->
         profile,
         size,
     )
+
+
+async def drop(conn: Connection, key: str) -> bool:
+    return await conn.execute("DELETE FROM profile_cache WHERE key = $1", key) != "DELETE 0"
+
+
+async def purge(conn: Connection, older_than_seconds: float) -> int:
+    status = await conn.execute(
+        "DELETE FROM profile_cache WHERE stored_at < now() - make_interval(secs => $1)",
+        older_than_seconds,
+    )
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,20 +1,33 @@
 """The profile cache: where scraped profiles are kept between runs (DESIGN.md section 7).
 
-`ProfileCache` is the interface; `PostgresProfileCache` is the local store used by default.
-An S3 store (boto3) will implement the same two methods.
+`ProfileCache` is the interface. `PostgresProfileCache` is the local store used by default;
+`S3ProfileCache` keeps each profile as one JSON object in an S3 bucket (AWS S3, Cloudflare
+R2, MinIO: boto3 with `endpoint_url`), chosen with `PROFILE_CACHE=s3`.
+
+A profile that cannot be read back (a corrupt or foreign object) is a miss: the run scrapes
+and stores it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import datetime
-from typing import Protocol
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import asyncpg
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from core.models import Profile
+from core.settings import Settings
 from db import profile_cache as sql
 from db.pool import connection
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(username: str) -> str:
@@ -28,6 +41,14 @@ class ProfileCache(Protocol):
 
     async def put(self, profile: Profile) -> None: ...
 
+    async def drop(self, username: str) -> bool:
+        """Forgets the profile (the next analysis scrapes); whether there was one."""
+        ...
+
+    async def purge(self, older_than_seconds: float) -> int:
+        """Deletes profiles stored longer ago than that; how many."""
+        ...
+
 
 class PostgresProfileCache:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -39,10 +60,141 @@ class PostgresProfileCache:
         if found is None:
             return None
         data, stored_at = found
-        return Profile.model_validate(data), stored_at
+        try:
+            return Profile.model_validate(data), stored_at
+        except ValidationError:
+            log.warning("cached profile of @%s is unreadable: a miss", username)
+            return None
 
     async def put(self, profile: Profile) -> None:
         data = profile.model_dump(mode="json")
         size = len(json.dumps(data, separators=(",", ":")).encode())
         async with connection(self._pool) as conn:
             await sql.put(conn, cache_key(profile.username), data, size)
+
+    async def drop(self, username: str) -> bool:
+        async with connection(self._pool) as conn:
+            return await sql.drop(conn, cache_key(username))
+
+    async def purge(self, older_than_seconds: float) -> int:
+        async with connection(self._pool) as conn:
+            return await sql.purge(conn, older_than_seconds)
+
+
+class S3ProfileCache:
+    """One object per profile, `<S3_PREFIX>instagram:<username>:v1`, holding
+    `{"stored_at", "profile"}`. boto3 blocks, so each call runs in a thread; its client is
+    thread-safe and keeps its connections."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+        self._bucket = settings.s3_bucket
+        self._prefix = settings.s3_prefix
+        secret = settings.s3_secret_access_key
+        self._s3 = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=(
+                settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
+            ),
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            # Brief: a cache that answers slowly is worth less than a scrape.
+            config=Config(
+                connect_timeout=2,
+                read_timeout=5,
+                retries={"max_attempts": 2, "mode": "standard"},
+            ),
+        )
+
+    def _key(self, username: str) -> str:
+        return self._prefix + cache_key(username)
+
+    async def get(self, username: str) -> tuple[Profile, datetime] | None:
+        def read() -> bytes | None:
+            try:
+                answer = self._s3.get_object(Bucket=self._bucket, Key=self._key(username))
+            except ClientError as exc:
+                if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
+            body: bytes = answer["Body"].read()
+            return body
+
+        raw = await asyncio.to_thread(read)
+        if raw is None:
+            return None
+        try:
+            stored = json.loads(raw)
+            stored_at = datetime.fromisoformat(stored["stored_at"])
+            if stored_at.tzinfo is None:
+                raise ValueError("stored_at has no time zone")
+            return Profile.model_validate(stored["profile"]), stored_at
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            log.warning("cached profile of @%s is unreadable (%s): a miss", username, exc)
+            return None
+
+    async def put(self, profile: Profile) -> None:
+        body = json.dumps(
+            {
+                "stored_at": datetime.now(UTC).isoformat(),
+                "profile": profile.model_dump(mode="json"),
+            },
+            separators=(",", ":"),
+        ).encode()
+        await asyncio.to_thread(
+            self._s3.put_object,
+            Bucket=self._bucket,
+            Key=self._key(profile.username),
+            Body=body,
+            ContentType="application/json",
+        )
+
+    async def drop(self, username: str) -> bool:
+        def delete() -> bool:
+            try:
+                self._s3.head_object(Bucket=self._bucket, Key=self._key(username))
+            except ClientError as exc:
+                if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return False
+                raise
+            self._s3.delete_object(Bucket=self._bucket, Key=self._key(username))
+            return True
+
+        return await asyncio.to_thread(delete)
+
+    async def purge(self, older_than_seconds: float) -> int:
+        """Lists the cache's objects and deletes the old ones, 1,000 per request. (A
+        bucket lifecycle rule does the same without listing; this works on any S3.)"""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+
+        def delete_old() -> int:
+            deleted = 0
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._prefix + "instagram:"
+            )
+            for page in pages:
+                old = [
+                    {"Key": o["Key"]}
+                    for o in page.get("Contents", [])
+                    if o["LastModified"] < cutoff
+                ]
+                for start in range(0, len(old), 1000):
+                    chunk = old[start : start + 1000]
+                    self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": chunk})
+                    deleted += len(chunk)
+            return deleted
+
+        return await asyncio.to_thread(delete_old)
+
+
+def _code(error: ClientError) -> str:
+    details: dict[str, Any] = error.response.get("Error", {})
+    return str(details.get("Code", ""))
+
+
+def profile_cache(settings: Settings, pool: asyncpg.Pool) -> ProfileCache:
+    """The store PROFILE_CACHE names."""
+    if settings.profile_cache == "s3":
+        return S3ProfileCache(settings)
+    return PostgresProfileCache(pool)

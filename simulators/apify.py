@@ -4,7 +4,9 @@ Profiles are made up but deterministic: the same username always gives the same 
 Usernames that start with these words behave as their name says, so anyone can demo
 failures: `notfound` (no such profile), `private` (a private profile), `flaky` (503 twice,
 then success), `slow` (takes 10 s; `slowai` is the OpenAI simulator's, not this one's),
-`down` (always 503: a provider that stays down).
+`down` (always 503: a provider that stays down), `changing` (each scrape shows a different
+profile: 25% more followers, another bio, verified flipped: what invalidates a cached
+analysis).
 """
 
 from __future__ import annotations
@@ -114,11 +116,12 @@ class ApifySimulator:
                 return JSONResponse({"error": {"type": "platform-busy"}}, status_code=503)
         if any(u.startswith("slow") and not u.startswith("slowai") for u in usernames):
             await asyncio.sleep(SLOW_SECONDS)
-        return [item for u in usernames if (item := profile_item(u)) is not None]
+        return [item for u in usernames if (item := profile_item(u, self.calls[u])) is not None]
 
 
-def profile_item(username: str) -> dict[str, Any] | None:
-    """The dataset item the actor returns for a username (None: the profile does not exist)."""
+def profile_item(username: str, scrape: int = 1) -> dict[str, Any] | None:
+    """The dataset item the actor returns for a username (None: the profile does not exist);
+    `scrape` counts the times it was asked for (what makes a `changing` profile change)."""
     if username.startswith("notfound"):
         return None
     rng = random.Random(hashlib.sha256(username.encode()).digest())
@@ -156,6 +159,11 @@ def profile_item(username: str) -> dict[str, Any] | None:
     }
     if item["externalUrl"]:
         item["externalUrls"] = [{"title": "Website", "url": item["externalUrl"]}]
+    if username.startswith("changing") and scrape > 1:
+        followers = int(followers * 1.25 ** (scrape - 1))
+        item["followersCount"] = followers
+        item["biography"] = f"Chapter {scrape}: now helping founders grow, book a call below"
+        item["verified"] = verified != (scrape % 2 == 0)  # flipped at every other scrape
     if not private:
         engagement = rng.uniform(0.005, 0.08)
         item["latestPosts"] = [

@@ -497,15 +497,41 @@ API_ROLE_MATRIX: list[tuple[str, str, str, Expected]] = [
         PRIVILEGE,
     ),
     ("api_keys", "delete", "DELETE FROM api_keys WHERE account_id = {a}", PRIVILEGE),
-    # profile_cache: workers only
-    ("profile_cache", "read", "SELECT count(*) FROM profile_cache", PRIVILEGE),
+    # profile_cache: public data; the API reads a lead's and drops it, only workers write
+    (
+        "profile_cache",
+        "read",
+        "SELECT count(*) FROM profile_cache WHERE key = 'instagram:nobody_here:v1'",
+        0,
+    ),
     (
         "profile_cache",
         "insert",
         "INSERT INTO profile_cache (key, profile, size_bytes) VALUES ('k', '{{}}', 2)",
         PRIVILEGE,
     ),
-    ("profile_cache", "delete", "DELETE FROM profile_cache", PRIVILEGE),
+    (
+        "profile_cache",
+        "update",
+        "UPDATE profile_cache SET size_bytes = 0 WHERE key = 'instagram:nobody_here:v1'",
+        PRIVILEGE,
+    ),
+    (
+        "profile_cache",
+        "delete",
+        "DELETE FROM profile_cache WHERE key = 'instagram:nobody_here:v1'",
+        0,
+    ),
+    # lead_changes: read the account's own, written by workers only
+    ("lead_changes", "read other", "SELECT count(*) FROM lead_changes WHERE account_id = {b}", 0),
+    (
+        "lead_changes",
+        "insert",
+        "INSERT INTO lead_changes (account_id, lead_id, analysis_id, field, before, after) "
+        "VALUES ({a}, gen_random_uuid(), gen_random_uuid(), 'biography', '1', '2')",
+        PRIVILEGE,
+    ),
+    ("lead_changes", "delete", "DELETE FROM lead_changes", PRIVILEGE),
 ]
 
 

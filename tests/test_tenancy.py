@@ -128,6 +128,8 @@ async def test_every_endpoint_answers_another_accounts_ids_with_404_and_no_data(
     secrets = set(ids.values())
     bodies = {
         "/api/business-profiles/{profile_id}": {"name": "Taken over"},
+        "/api/leads/{lead_id}/refresh-check": {"analysis_type": "light"},
+        "/api/leads/{lead_id}/force-refresh": {"analyze": True, "analysis_type": "light"},
     }
 
     spec = (await api.get("/openapi.json")).json()

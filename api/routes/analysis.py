@@ -19,6 +19,7 @@ from api.schemas import (
     CancelResponse,
     LeadOut,
     Page,
+    ProfileChangeOut,
     ProgressResponse,
     ResultResponse,
     RunAccepted,
@@ -282,6 +283,7 @@ async def get_result(run_id: RunId, scope: Tenant) -> ResultResponse:
                 status=row["status"],
             )
         lead = await leads.get(conn, row["lead_id"])
+        changed = await leads.changes_seen_by(conn, run_id)
     return ResultResponse(
         run_id=row["id"],
         status=row["status"],
@@ -292,6 +294,7 @@ async def get_result(run_id: RunId, scope: Tenant) -> ResultResponse:
         analysis=row["result"],
         credits_charged=row["credits_charged"],
         cost=row["cost"],
+        changes=[ProfileChangeOut.model_validate(dict(c)) for c in changed],
         steps=analyses.steps_from_json(row["steps"]),
         created_at=row["created_at"],
         finished_at=row["finished_at"],
