@@ -52,8 +52,7 @@ class ResultActivities:
                 progress.document,
                 lead_id=lead_id,
                 result=input.analysis,
-                cost=input.cost.model_dump(mode="json")
-                | {"ai_usd": input.cost.ai_usd, "total_usd": input.cost.total_usd},
+                cost=input.cost.model_dump(mode="json"),  # with its totals
                 credits_charged=0 if free else run["credits_cost"],
             )
         return SaveResultOutput(

@@ -102,4 +102,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health,
     ):
         app.include_router(module.router)
+    app.include_router(cache.statistics_router)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -674,3 +674,36 @@ class ForceRefreshOut(BaseModel):
     lead_id: UUID
     dropped: bool = Field(description="Whether a cached profile was there to drop")
     run: RunAccepted | None = Field(description="The analysis started, with `analyze`")
+
+
+class HitRateOut(BaseModel):
+    analysis_type: Tier
+    window: Literal["24h", "7d", "30d"]
+    runs: int = Field(description="Complete runs in the window")
+    hits: int = Field(description="Of which found their profile in the cache")
+    hit_rate: float | None = Field(description="hits / runs (none without runs)")
+
+
+class AgeBucketOut(BaseModel):
+    from_hours: float
+    to_hours: float | None = Field(description="None: and older")
+    entries: int
+    fresh_for: list[Tier] = Field(description="The tiers a profile this old still serves")
+
+
+class AccountCacheOut(BaseModel):
+    window: Literal["30d"] = "30d"
+    runs: int
+    hits: int
+    hit_rate: float | None
+    provider_usd_saved: float = Field(
+        description="The scrapes the hits spared, at APIFY_USD_PER_PROFILE each"
+    )
+
+
+class CacheStatisticsOut(BaseModel):
+    hit_rates: list[HitRateOut] = Field(description="Every account's runs, by tier and window")
+    entries: int = Field(description="Profiles in the cache")
+    total_bytes: int
+    age_distribution: list[AgeBucketOut]
+    account: AccountCacheOut = Field(description="This account's own runs")

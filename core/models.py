@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from core.progress import Progress, RunError, RunStatus, StepDone
 from core.tiers import Tier
@@ -82,13 +82,17 @@ class CostBreakdown(BaseModel):
     apify_usd: float = 0.0
     ai: list[AIUsage] = Field(default_factory=list)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ai_usd(self) -> float:
-        return sum(u.cost_usd for u in self.ai)
+        """Every AI call's cost (tokens x the model's prices)."""
+        return round(sum(u.cost_usd for u in self.ai), 8)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def total_usd(self) -> float:
-        return round(self.apify_usd + self.ai_usd, 6)
+        """The scrape's cost (none on a cache hit) and the AI calls'."""
+        return round(self.apify_usd + self.ai_usd, 8)
 
 
 # --- workflow -------------------------------------------------------------------------

@@ -34,3 +34,16 @@ async def purge(conn: Connection, older_than_seconds: float) -> int:
         older_than_seconds,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def stats(conn: Connection, boundaries: list[float]) -> list[tuple[int, int, int]]:
+    """(age bucket, entries, bytes): bucket 0 is younger than boundaries[0] seconds, the
+    last is older than the last boundary."""
+    rows = await conn.fetch(
+        """SELECT width_bucket(extract(epoch FROM now() - stored_at)::float8, $1::float8[])
+                      AS bucket,
+                  count(*) AS entries, coalesce(sum(size_bytes), 0) AS bytes
+           FROM profile_cache GROUP BY 1""",
+        boundaries,
+    )
+    return [(r["bucket"], r["entries"], int(r["bytes"])) for r in rows]

@@ -11,8 +11,10 @@ and stores it again.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,6 +51,18 @@ class ProfileCache(Protocol):
         """Deletes profiles stored longer ago than that; how many."""
         ...
 
+    async def stats(self, boundaries: list[float]) -> CacheStats:
+        """Entries, their total size, and how many fall between each pair of `boundaries`
+        (ages in seconds, ascending): len(boundaries) + 1 counts."""
+        ...
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    total_bytes: int
+    by_age: list[int]
+
 
 class PostgresProfileCache:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -79,6 +93,16 @@ class PostgresProfileCache:
     async def purge(self, older_than_seconds: float) -> int:
         async with connection(self._pool) as conn:
             return await sql.purge(conn, older_than_seconds)
+
+    async def stats(self, boundaries: list[float]) -> CacheStats:
+        async with connection(self._pool) as conn:
+            rows = await sql.stats(conn, boundaries)
+        by_age = [0] * (len(boundaries) + 1)
+        for bucket, count, _ in rows:
+            by_age[bucket] += count
+        return CacheStats(
+            entries=sum(by_age), total_bytes=sum(size for _, _, size in rows), by_age=by_age
+        )
 
 
 class S3ProfileCache:
@@ -186,6 +210,24 @@ class S3ProfileCache:
             return deleted
 
         return await asyncio.to_thread(delete_old)
+
+    async def stats(self, boundaries: list[float]) -> CacheStats:
+        """Lists the cache's objects (a bucket's inventory would spare the listing)."""
+        now = datetime.now(UTC)
+
+        def count() -> CacheStats:
+            by_age, total = [0] * (len(boundaries) + 1), 0
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._prefix + "instagram:"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    age = (now - item["LastModified"]).total_seconds()
+                    by_age[bisect.bisect_right(boundaries, age)] += 1
+                    total += int(item["Size"])
+            return CacheStats(entries=sum(by_age), total_bytes=total, by_age=by_age)
+
+        return await asyncio.to_thread(count)
 
 
 def _code(error: ClientError) -> str:

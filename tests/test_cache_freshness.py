@@ -177,3 +177,77 @@ async def test_another_accounts_lead_answers_404(api, new_account):
         assert answer.json()["error"]["code"] == "lead_not_found"
     balance = (await api.get("/api/credits/balance", headers=other.headers)).json()
     assert balance["balance"] == 5
+
+
+async def test_cache_statistics_count_hits_ages_sizes_and_the_accounts_savings(
+    api, new_account, system_pool, settings
+):
+    account = await new_account(credits_granted=10)
+
+    async def statistics() -> dict[str, Any]:
+        answer = await api.get("/api/cache/statistics", headers=account.headers)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    before = await statistics()
+    assert [
+        (b["from_hours"], b["to_hours"], b["fresh_for"]) for b in before["age_distribution"]
+    ] == [
+        (0, 6, ["light", "deep", "xray"]),
+        (6, 12, ["light", "deep"]),
+        (12, 24, ["light"]),
+        (24, None, []),
+    ]
+    tag = uuid4().hex[:8]
+    for hours in (1, 8, 13, 30):
+        await system_pool.execute(
+            """INSERT INTO profile_cache (key, profile, size_bytes, stored_at)
+               VALUES ($1, '{}', 100, now() - make_interval(hours => $2))""",
+            f"instagram:stats_{tag}_{hours}:v1",
+            hours,
+        )
+    aged = await statistics()
+    assert aged["entries"] - before["entries"] == 4
+    assert aged["total_bytes"] - before["total_bytes"] == 400
+    assert [
+        a["entries"] - b["entries"]
+        for a, b in zip(aged["age_distribution"], before["age_distribution"], strict=True)
+    ] == [1, 1, 1, 1]
+
+    # One miss and two hits for light; one miss for deep (another username).
+    username = f"stats_{tag}"
+    assert (await _complete(api, account, username))["cost"]["cache_hit"] is False
+    for _ in range(2):
+        assert (await _complete(api, account, username))["cost"]["cache_hit"] is True
+    assert (await _complete(api, account, f"{username}_d", "deep"))["cost"]["cache_hit"] is False
+    after = await statistics()
+
+    def rates(body: dict[str, Any]) -> dict[tuple[str, str], tuple[int, int]]:
+        return {
+            (r["analysis_type"], r["window"]): (r["runs"], r["hits"]) for r in body["hit_rates"]
+        }
+
+    grew = {
+        key: (runs - rates(aged)[key][0], hits - rates(aged)[key][1])
+        for key, (runs, hits) in rates(after).items()
+    }
+    for window in ("24h", "7d", "30d"):
+        assert grew[("light", window)] == (3, 2)
+        assert grew[("deep", window)] == (1, 0)
+        assert grew[("xray", window)] == (0, 0)
+    light = next(
+        r for r in after["hit_rates"] if (r["analysis_type"], r["window"]) == ("light", "24h")
+    )
+    assert light["hit_rate"] == round(light["hits"] / light["runs"], 4)
+    assert after["account"] == {
+        "window": "30d",
+        "runs": 4,
+        "hits": 2,
+        "hit_rate": 0.5,
+        "provider_usd_saved": round(2 * settings.apify_usd_per_profile, 6),
+    }
+    assert after["entries"] - aged["entries"] == 2  # the two scraped profiles
+    await system_pool.execute(
+        "DELETE FROM profile_cache WHERE key LIKE $1", f"instagram:stats_{tag}_%"
+    )

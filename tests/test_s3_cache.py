@@ -127,7 +127,7 @@ async def test_a_corrupt_object_is_a_miss_and_the_run_stores_a_good_one(
         assert Profile.model_validate(stored["profile"]).username == username
 
 
-async def test_drop_and_purge(servers, s3_url):
+async def test_drop_purge_and_stats(servers, s3_url):
     cache = S3ProfileCache(_settings(servers, s3_url, s3_prefix=f"purge-{uuid4().hex[:6]}/"))
     for name in ("one", "two"):
         await cache.put(Profile(username=name, followers_count=10))
@@ -136,6 +136,8 @@ async def test_drop_and_purge(servers, s3_url):
     assert await cache.drop("one") is True
     assert await cache.drop("one") is False
     assert await cache.get("one") is None
+    counted = await cache.stats([3600.0, 7200.0])
+    assert (counted.entries, counted.by_age) == (1, [1, 0, 0]) and counted.total_bytes > 0
     assert await cache.purge(3600) == 0  # "two" was stored just now
     assert await cache.purge(0) == 1
     assert await cache.get("two") is None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from fastapi import APIRouter, Request
 
@@ -13,9 +14,13 @@ from api.errors import NotFound, error_example, responses
 from api.routes.analysis import _accepted
 from api.routes.leads import _LEAD_NOT_FOUND, LeadId
 from api.schemas import (
+    AccountCacheOut,
+    AgeBucketOut,
     AnalyzeRequest,
+    CacheStatisticsOut,
     ForceRefreshIn,
     ForceRefreshOut,
+    HitRateOut,
     ProfileChangeOut,
     RefreshCheckIn,
     RefreshCheckOut,
@@ -26,6 +31,9 @@ from db import leads
 from providers.cache import ProfileCache
 
 router = APIRouter(tags=["leads"])
+statistics_router = APIRouter(tags=["cache"])
+Window = Literal["24h", "7d", "30d"]
+WINDOWS: tuple[Window, ...] = ("24h", "7d", "30d")
 
 
 async def _lead(scope: Tenant, lead_id: LeadId) -> dict[str, object]:
@@ -138,3 +146,75 @@ async def force_refresh(
         )
         run = _accepted(await runs.start(scope, settings, temporal, health, request_body, None))
     return ForceRefreshOut(lead_id=lead_id, dropped=dropped, run=run)
+
+
+@statistics_router.get(
+    "/api/cache/statistics",
+    response_model=CacheStatisticsOut,
+    summary="The profile cache: hit rates by tier, entries, ages, size, and this account's hits",
+)
+async def cache_statistics(
+    scope: Tenant, settings: SettingsDep, request: Request
+) -> CacheStatisticsOut:
+    """Hit rates count complete runs, of every account (counts only), over 24 hours, 7 days
+    and 30 days. Ages are bucketed by the tiers' freshness, so each bucket says which tiers a
+    profile that old still serves. This account's hits saved their scrapes' provider cost;
+    credits are the same, hit or miss."""
+    ttls = sorted({settings.cache_ttl_seconds(t) for t in Tier})
+    cache: ProfileCache = request.app.state.profile_cache
+    stored = await cache.stats(ttls)
+    async with scope.transaction() as conn:
+        rates = {
+            (r["analysis_type"], r["window_name"]): r
+            for r in await conn.fetch("SELECT * FROM cache_hit_rates()")
+        }
+        own = await conn.fetchrow(
+            """SELECT count(*) AS runs,
+                      count(*) FILTER (WHERE (cost ->> 'cache_hit')::boolean) AS hits
+               FROM analyses
+               WHERE account_id = $1 AND status = 'complete'
+                 AND finished_at >= now() - interval '30 days'""",
+            scope.account_id,
+        )
+    hit_rates = []
+    for tier in Tier:
+        for window in WINDOWS:
+            row = rates.get((tier.value, window))
+            runs, hits = (int(row["runs"]), int(row["hits"])) if row else (0, 0)
+            hit_rates.append(
+                HitRateOut(
+                    analysis_type=tier,
+                    window=window,
+                    runs=runs,
+                    hits=hits,
+                    hit_rate=_rate(hits, runs),
+                )
+            )
+    edges = [0.0, *ttls]
+    buckets = [
+        AgeBucketOut(
+            from_hours=edges[i] / 3600,
+            to_hours=ttls[i] / 3600 if i < len(ttls) else None,
+            entries=stored.by_age[i],
+            fresh_for=[t for t in Tier if settings.cache_ttl_seconds(t) > edges[i]],
+        )
+        for i in range(len(edges))
+    ]
+    assert own is not None  # an aggregate always answers a row
+    runs, hits = int(own["runs"]), int(own["hits"])
+    return CacheStatisticsOut(
+        hit_rates=hit_rates,
+        entries=stored.entries,
+        total_bytes=stored.total_bytes,
+        age_distribution=buckets,
+        account=AccountCacheOut(
+            runs=runs,
+            hits=hits,
+            hit_rate=_rate(hits, runs),
+            provider_usd_saved=round(hits * settings.apify_usd_per_profile, 6),
+        ),
+    )
+
+
+def _rate(hits: int, runs: int) -> float | None:
+    return round(hits / runs, 4) if runs else None
