@@ -34,6 +34,7 @@ from core.settings import Settings
 from db.pool import create_pool
 from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.apify import APIFY, ApifyScraper
+from providers.breaker import BreakingAnalyzer
 from providers.cache import profile_cache as make_profile_cache
 from workflows.analysis import AnalysisWorkflow
 from workflows.billing import StripeEventWorkflow
@@ -90,7 +91,13 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         profile_cache = make_profile_cache(settings, pool)
         cache = CacheActivities(profile_cache, pool, settings)
         scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
-        ai = AIActivities(OpenAIAnalyzer(ai_client, settings.model_prices), slots, settings)
+        analyzer = BreakingAnalyzer(
+            OpenAIAnalyzer(ai_client, settings.model_prices),
+            threshold=settings.ai_breaker_threshold,
+            pause_seconds=settings.ai_breaker_pause_seconds,
+            timeout_seconds=settings.openai_timeout_seconds,
+        )
+        ai = AIActivities(analyzer, slots, settings)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
         maintenance = MaintenanceActivities(pool, client, settings, profile_cache)

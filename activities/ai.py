@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio import activity
 
 from activities.common import (
@@ -19,12 +17,15 @@ from activities.slots import ProviderSlots
 from core.errors import ErrorCode, provider_unavailable
 from core.models import AIInput, AIOutput
 from core.settings import Settings
-from providers.ai import OPENAI, OpenAIAnalyzer
+from providers.ai import OPENAI
+from providers.breaker import BreakingAnalyzer
 from providers.errors import ProviderError
 
 
 class AIActivities:
-    def __init__(self, analyzer: OpenAIAnalyzer, slots: ProviderSlots, settings: Settings) -> None:
+    def __init__(
+        self, analyzer: BreakingAnalyzer, slots: ProviderSlots, settings: Settings
+    ) -> None:
         self._analyzer = analyzer
         self._slots = slots
         self._settings = settings
@@ -36,15 +37,15 @@ class AIActivities:
         started = now()
         tried = attempt(input.attempts_before)
         try:
-            # The whole call, not only each read: a provider that trickles counts as failing.
+            # The whole call, timed by the analyzer: one that trickles counts as failing,
+            # for the model's circuit too.
             async with provider_call(), self._slots.hold(OPENAI, input.run_id, input.turn):
-                async with asyncio.timeout(self._settings.openai_timeout_seconds):
-                    parsed, usage = await self._analyzer.analyze(
-                        input.part,
-                        self._settings.model_for(input.tier),
-                        input.business,
-                        input.profile,
-                    )
+                parsed, usage = await self._analyzer.analyze(
+                    input.part,
+                    self._settings.model_for(input.tier),
+                    input.business,
+                    input.profile,
+                )
         except TimeoutError as exc:
             raise expected(
                 provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)

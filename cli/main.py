@@ -5,7 +5,10 @@ scripts."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -140,5 +143,26 @@ def simulate(
     uvicorn.run(create_app(), host="127.0.0.1", port=port or settings.sim_port, log_level="warning")
 
 
+def main() -> None:
+    """The `oslira` command. A process that connected a Temporal client leaves without the
+    interpreter's teardown: the client's native threads can abort it ("PyGILState_Release:
+    thread state must be current", temporalio/sdk-python#300), turning a command that did
+    its work into exit code -6. Logs and output are flushed first."""
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    connected = sys.modules.get("core.temporal")  # not imported: no client was made
+    if connected is None or not connected.made_a_client():
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 if __name__ == "__main__":
-    app()
+    main()

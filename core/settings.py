@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     # A whole call; under the AI activity's 150 s.
     openai_timeout_seconds: float = Field(default=120.0, gt=0, le=140)
+    # A circuit per model in each worker: open after this many failures in a row, for this
+    # long, then one call probes.
+    ai_breaker_threshold: int = Field(default=5, ge=1)
+    ai_breaker_pause_seconds: float = Field(default=30.0, gt=0)
     model_light: str = "gpt-5-nano"
     model_deep: str = "gpt-5-mini"
     model_xray: str = "gpt-5"

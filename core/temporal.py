@@ -23,9 +23,19 @@ SEARCH_ATTRIBUTES = {
 }
 
 
+_made_a_client = False
+
+
+def made_a_client() -> bool:
+    """Whether this process connected a Temporal client (see cli.main.main)."""
+    return _made_a_client
+
+
 async def connect(settings: Settings, *, lazy: bool = False, patience: float = 10.0) -> Client:
     """`patience`: how long a call keeps retrying a server it cannot reach before it fails
     (the API gives up sooner than workers: it must answer)."""
+    global _made_a_client
+    _made_a_client = True
     return await Client.connect(
         settings.require_temporal_address(),
         namespace=settings.temporal_namespace,

@@ -1,6 +1,8 @@
 """A local OpenAI: the Responses API with structured (JSON schema) output.
 
-Usernames starting with `slowai` are analysed slowly (SLOW_AI_SECONDS).
+Usernames starting with `slowai` are analysed slowly (SLOW_AI_SECONDS); with `downai`, the
+model answers 503 every time (a model that stays down: what opens its circuit); with
+`rejectai`, it refuses the request (400).
 
 It answers any strict JSON schema it is sent with a valid instance, deterministic for the
 same model and input, and reports token usage the way OpenAI does, including cached input
@@ -56,12 +58,19 @@ class OpenAISimulator:
     def __init__(self, latency_ms: float = 500.0) -> None:
         self.latency_ms = latency_ms
         self._seen_prefixes: set[str] = set()
+        self.calls = 0
         self.router = APIRouter()
         self.router.add_api_route("/v1/responses", self.create_response, methods=["POST"])
+        self.router.add_api_route("/_simulator/openai/calls", self.call_count)
+
+    async def call_count(self) -> dict[str, int]:
+        """How many requests reached the model endpoint (for demos and tests)."""
+        return {"calls": self.calls}
 
     async def create_response(
         self, request: Request, authorization: str = Header("")
     ) -> dict[str, Any]:
+        self.calls += 1
         if not authorization.startswith("Bearer ") or len(authorization) <= len("Bearer "):
             raise HTTPException(401, "missing API key")
         body = await request.json()
@@ -76,6 +85,10 @@ class OpenAISimulator:
             await asyncio.sleep(self.latency_ms / 1000)
         if _subject(prompt_text).startswith("@slowai"):
             await asyncio.sleep(SLOW_AI_SECONDS)
+        if _subject(prompt_text).startswith("@downai"):  # a model that stays down
+            raise HTTPException(503, "the model is overloaded")
+        if _subject(prompt_text).startswith("@rejectai"):  # a request the provider refuses
+            raise HTTPException(400, "the request was refused")
 
         seed = hashlib.sha256(f"{model}\n{instructions}\n{prompt_text}".encode()).digest()
         rng = random.Random(seed)
