@@ -50,6 +50,19 @@ from workflows.maintenance import (
 log = logging.getLogger(__name__)
 
 
+# Every workflow a worker runs (tests/test_replay.py replays their histories against these).
+WORKFLOWS = [
+    AnalysisWorkflow,
+    BulkAnalysisWorkflow,
+    StuckRunsWorkflow,
+    LedgerCheckWorkflow,
+    CleanupWorkflow,
+    RenewalWorkflow,
+    StripeEventsWorkflow,
+    StripeEventWorkflow,
+]
+
+
 @asynccontextmanager
 async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
     """Workers for the analysis queue (and the scrape queue when it is a separate one)."""
@@ -135,16 +148,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[
-                    AnalysisWorkflow,
-                    BulkAnalysisWorkflow,
-                    StuckRunsWorkflow,
-                    LedgerCheckWorkflow,
-                    CleanupWorkflow,
-                    RenewalWorkflow,
-                    StripeEventsWorkflow,
-                    StripeEventWorkflow,
-                ],
+                workflows=WORKFLOWS,
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 workflow_runner=runner,

@@ -19,16 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.helpers import HISTORIES
-from workflows.analysis import AnalysisWorkflow
-from workflows.billing import StripeEventWorkflow
-from workflows.bulk import BulkAnalysisWorkflow
-from workflows.maintenance import (
-    CleanupWorkflow,
-    LedgerCheckWorkflow,
-    RenewalWorkflow,
-    StripeEventsWorkflow,
-    StuckRunsWorkflow,
-)
+from worker import WORKFLOWS
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -68,16 +59,7 @@ def test_the_recorded_histories_cover_every_path():
 async def test_the_workflow_replays_a_recorded_history(path):
     history = WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[
-            AnalysisWorkflow,
-            BulkAnalysisWorkflow,
-            StuckRunsWorkflow,
-            LedgerCheckWorkflow,
-            CleanupWorkflow,
-            RenewalWorkflow,
-            StripeEventsWorkflow,
-            StripeEventWorkflow,
-        ],
+        workflows=WORKFLOWS,
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)  # raises on any non-determinism

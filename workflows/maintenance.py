@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -20,6 +21,13 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_interval=timedelta(minutes=5))
+
+
+async def _job(activity: Any, within: timedelta = timedelta(minutes=30)) -> Any:
+    """A job's one activity, retried until it succeeds."""
+    return await workflow.execute_activity_method(
+        activity, start_to_close_timeout=within, retry_policy=_RETRY
+    )
 
 
 @workflow.defn(name="StuckRunsWorkflow")
@@ -45,11 +53,8 @@ class LedgerCheckWorkflow:
 
     @workflow.run
     async def run(self) -> LedgerReport:
-        return await workflow.execute_activity_method(
-            MaintenanceActivities.check_ledger,
-            start_to_close_timeout=timedelta(minutes=30),
-            retry_policy=_RETRY,
-        )
+        report: LedgerReport = await _job(MaintenanceActivities.check_ledger)
+        return report
 
 
 @workflow.defn(name="CleanupWorkflow")
@@ -59,11 +64,8 @@ class CleanupWorkflow:
 
     @workflow.run
     async def run(self) -> CleanupReport:
-        return await workflow.execute_activity_method(
-            MaintenanceActivities.clean_up,
-            start_to_close_timeout=timedelta(minutes=30),
-            retry_policy=_RETRY,
-        )
+        report: CleanupReport = await _job(MaintenanceActivities.clean_up)
+        return report
 
 
 @workflow.defn(name="RenewalWorkflow")
@@ -72,11 +74,8 @@ class RenewalWorkflow:
 
     @workflow.run
     async def run(self) -> RenewalReport:
-        return await workflow.execute_activity_method(
-            MaintenanceActivities.renew_plans,
-            start_to_close_timeout=timedelta(minutes=30),
-            retry_policy=_RETRY,
-        )
+        report: RenewalReport = await _job(MaintenanceActivities.renew_plans)
+        return report
 
 
 @workflow.defn(name="StripeEventsWorkflow")
@@ -86,8 +85,7 @@ class StripeEventsWorkflow:
 
     @workflow.run
     async def run(self) -> QueuedEventsReport:
-        return await workflow.execute_activity_method(
-            MaintenanceActivities.queue_stripe_events,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=_RETRY,
+        report: QueuedEventsReport = await _job(
+            MaintenanceActivities.queue_stripe_events, timedelta(minutes=5)
         )
+        return report

@@ -24,7 +24,7 @@ from api.errors import (
 )
 from api.schemas import CheckoutOut, PortalOut, PurchaseIn, SubscribeIn, SubscriptionOut
 from core.settings import Settings
-from db import billing
+from db import allowances, billing
 from providers import billing as stripe_api
 from providers.errors import ProviderUnavailable
 
@@ -274,13 +274,8 @@ async def get_subscription(scope: Tenant, settings: SettingsDep) -> Subscription
     never subscribed."""
     async with scope.transaction() as conn:
         row = await billing.current(conn, scope.account_id)
-    return _subscription_out(settings, await _account_plan(scope), row)
-
-
-async def _account_plan(scope: Tenant) -> str:
-    async with scope.transaction() as conn:
-        plan: str = await conn.fetchval("SELECT plan FROM accounts WHERE id = $1", scope.account_id)
-    return plan
+        plan = await allowances.account_plan(conn, scope.account_id)
+    return _subscription_out(settings, plan, row)
 
 
 @router.delete(
@@ -305,9 +300,9 @@ async def cancel_subscription(
     scope.require_manager()
     async with scope.transaction() as conn:
         row = await billing.current(conn, scope.account_id)
+        plan = await allowances.account_plan(conn, scope.account_id)
     if row is None or row["status"] not in billing.LIVE:
         raise NotFound("The account has no active subscription.", code="no_subscription")
-    plan = await _account_plan(scope)
     if row["cancel_at_period_end"]:
         return _subscription_out(settings, plan, row)
     client = _stripe(request, settings)
