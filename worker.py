@@ -30,6 +30,7 @@ from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
 from activities.slots import ProviderSlots
 from core import temporal
+from core.rules import RulesAnalyzer
 from core.settings import Settings
 from db.pool import create_pool
 from providers.ai import OPENAI, OpenAIAnalyzer
@@ -110,7 +111,8 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             pause_seconds=settings.ai_breaker_pause_seconds,
             timeout_seconds=settings.openai_timeout_seconds,
         )
-        ai = AIActivities(analyzer, slots, settings)
+        rules = RulesAnalyzer() if settings.ai_fallback == "rules" else None
+        ai = AIActivities(analyzer, slots, settings, rules)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
         maintenance = MaintenanceActivities(pool, client, settings, profile_cache)

@@ -1,6 +1,13 @@
-"""Step 9: one structured AI call; deep and xray run two of them in parallel."""
+"""Step 9: one structured AI call; deep and xray run two of them in parallel.
+
+When the provider is down and `AI_FALLBACK=rules`, the rule-based analyzer (core.rules)
+answers instead: at once when the model's circuit is open (the provider is known to be
+down), or when the step's last try fails. The run then completes marked `"engine": "rules"`
+and is refunded by the commit step."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from temporalio import activity
 
@@ -16,19 +23,26 @@ from activities.common import (
 from activities.slots import ProviderSlots
 from core.errors import ErrorCode, provider_unavailable
 from core.models import AIInput, AIOutput
+from core.prompts import PROMPT_VERSION
+from core.rules import RulesAnalyzer
 from core.settings import Settings
 from providers.ai import OPENAI
-from providers.breaker import BreakingAnalyzer
-from providers.errors import ProviderError
+from providers.breaker import BreakingAnalyzer, CircuitOpen
+from providers.errors import ProviderError, ProviderUnavailable
 
 
 class AIActivities:
     def __init__(
-        self, analyzer: BreakingAnalyzer, slots: ProviderSlots, settings: Settings
+        self,
+        analyzer: BreakingAnalyzer,
+        slots: ProviderSlots,
+        settings: Settings,
+        rules: RulesAnalyzer | None = None,
     ) -> None:
         self._analyzer = analyzer
         self._slots = slots
         self._settings = settings
+        self._rules = rules
 
     @activity.defn
     @step_activity
@@ -47,14 +61,43 @@ class AIActivities:
                     input.profile,
                 )
         except TimeoutError as exc:
+            if self._falls_back(input, exc):
+                return self._by_rules(input, started, "OpenAI took too long to answer")
             raise expected(
                 provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)
             ) from exc
         except ProviderError as exc:
+            if self._falls_back(input, exc):
+                return self._by_rules(input, started, exc.message)
             raise provider_failed(exc, ErrorCode.ai_failed, tried) from exc
         return AIOutput(
             done=done_since(started, input.attempts_before),
             part=input.part,
-            fields=parsed.model_dump(),
+            fields={**parsed.model_dump(), "engine": "ai", "engine_version": PROMPT_VERSION},
             usage=usage,
+        )
+
+    def _falls_back(self, input: AIInput, failure: Exception) -> bool:
+        """Whether the rules answer: the provider is down (a refusal is not an outage),
+        and either its circuit is open or this try was the step's last."""
+        if self._rules is None:
+            return False
+        down = isinstance(failure, ProviderUnavailable | TimeoutError)
+        return down and (isinstance(failure, CircuitOpen) or input.last_try)
+
+    def _by_rules(self, input: AIInput, started: datetime, why: str) -> AIOutput:
+        assert self._rules is not None
+        activity.logger.warning(
+            "run %s: %s; the rule-based analyzer answers %s", input.run_id, why, input.part
+        )
+        parsed = self._rules.analyze(input.part, input.business, input.profile)
+        return AIOutput(
+            done=done_since(started, input.attempts_before),
+            part=input.part,
+            fields={
+                **parsed.model_dump(),
+                "engine": "rules",
+                "engine_version": self._rules.version,
+            },
+            engine="rules",
         )

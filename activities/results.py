@@ -1,4 +1,5 @@
-"""Steps 10-12: upsert the lead, save the analysis and complete the run, in one transaction.
+"""Steps 10-12: upsert the lead, save the analysis and complete the run, in one transaction;
+a run the rule-based fallback answered is refunded in it too.
 
 This transaction is the commit point. It takes the run row lock that a cancel request also
 takes, so either the cancel lands first (and this step refuses) or the run completes (and
@@ -14,7 +15,7 @@ from activities.common import done_since, expected, now, step_activity
 from core.errors import ErrorCode, business_error
 from core.models import SaveResultInput, SaveResultOutput
 from core.progress import IN_FLIGHT, StepDone, Tracker
-from db import allowances, analyses, leads
+from db import allowances, analyses, credits, leads
 from db.pool import connection
 
 
@@ -47,13 +48,20 @@ class ResultActivities:
             progress = Tracker(input.progress)
             progress.completed(upserted, saved, completed)
             free = await allowances.drew(conn, input.run_id)  # charged nothing
+            engine = input.analysis.get("engine")
+            if engine == "rules":
+                # The rule-based fallback answered: the run did not get the AI analysis it
+                # paid for. Refunded here, with the run's refund key, so once, and in the
+                # transaction that completes it: both land or neither.
+                await credits.refund_run(conn, account_id=input.account_id, run_id=input.run_id)
             await analyses.complete(
                 conn,
                 progress.document,
                 lead_id=lead_id,
                 result=input.analysis,
                 cost=input.cost.model_dump(mode="json"),  # with its totals
-                credits_charged=0 if free else run["credits_cost"],
+                credits_charged=0 if free or engine == "rules" else run["credits_cost"],
+                engine=engine if engine in ("ai", "rules") else None,
             )
         return SaveResultOutput(
             lead_id=lead_id, upserted=upserted, saved=saved, completed=completed

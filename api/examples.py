@@ -110,21 +110,53 @@ LEAD: dict[str, Any] = {
     "engagement_rate": 0.412,
 }
 
+ENGAGEMENT: dict[str, Any] = {
+    "posts_analyzed": 12,
+    "engagement_rate": 0.412,
+    "avg_likes": 1150000.0,
+    "avg_comments": 3400.0,
+    "avg_video_views": 5200000.0,
+    "posts_per_week": 20.5,
+    "last_post_at": FINISHED,
+    "top_hashtags": [{"tag": "natgeo", "posts": 9}, {"tag": "travel", "posts": 4}],
+}
+LEAD_WITH_FIGURES: dict[str, Any] = LEAD | {"engagement": ENGAGEMENT}
+
 RESULT: dict[str, Any] = {
     "run_id": RUN_ID,
     "status": "complete",
     "username": "natgeo",
     "analysis_type": "deep",
     "business_profile_id": PROFILE_ID,
-    "lead": LEAD,
+    "lead": LEAD_WITH_FIGURES,
     "analysis": {
         "score": 72,
+        "score_factors": [
+            {
+                "factor": "audience and niche match",
+                "effect": "positive",
+                "evidence": "outdoor and adventure stories reach the explorers Acme serves",
+            },
+            {
+                "factor": "reach",
+                "effect": "negative",
+                "evidence": "280,000,000 followers: reachable only through its partnerships team",
+            },
+        ],
         "summary": "A global photography and travel publisher with a huge, engaged audience.",
-        "niche": "travel",
+        "niche": "travel and nature photography",
         "red_flags": ["audience far larger than a boutique partner needs"],
+        "content_mix": [
+            {"category": "travel", "percent": 55},
+            {"category": "photography", "percent": 45},
+        ],
+        "languages": [{"language": "en", "percent": 100}],
+        "sentiment": {"average": 0.31, "label": "positive"},
         "engagement_read": "Steady likes and comments on photo essays; video drives reach.",
         "selling_points": ["outdoor and fitness stories", "trusted by an active audience"],
         "outreach_message": "Hi NatGeo team, Acme Fitness builds programmes for explorers...",
+        "engine": "ai",
+        "engine_version": "v2",
     },
     "credits_charged": 3,
     "cost": {
@@ -270,6 +302,7 @@ LEAD_RECORD: dict[str, Any] = LEAD | {
     "updated_at": FINISHED,
 }
 LEAD_DETAIL: dict[str, Any] = LEAD_RECORD | {
+    "engagement": ENGAGEMENT,
     "latest_analysis": {
         "run_id": RUN_ID,
         "analysis_type": "deep",
@@ -277,7 +310,7 @@ LEAD_DETAIL: dict[str, Any] = LEAD_RECORD | {
         "analysis": RESULT["analysis"],
         "credits_charged": 3,
         "finished_at": FINISHED,
-    }
+    },
 }
 LEAD_ANALYSIS: dict[str, Any] = {
     "run_id": RUN_ID,

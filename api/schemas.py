@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import examples
+from core.engagement import Engagement
 from core.models import CostBreakdown
 from core.progress import RunError, RunStatus, Step, StepRecord
 from core.tiers import Tier
@@ -138,6 +139,13 @@ class LeadOut(BaseModel):
     engagement_rate: float | None
 
 
+class LeadWithFigures(LeadOut):
+    engagement: Engagement | None = Field(
+        description="Figures computed from the latest posts at the latest analysis: "
+        "engagement rate, average likes, comments and video views, posts per week, top hashtags"
+    )
+
+
 class LeadSort(StrEnum):
     last_analyzed_at = "last_analyzed_at"
     score = "score"
@@ -181,6 +189,10 @@ class LatestAnalysis(BaseModel):
 class LeadDetail(LeadRecord):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.LEAD_DETAIL]})
 
+    engagement: Engagement | None = Field(
+        description="Figures computed from the latest posts at the latest analysis: "
+        "engagement rate, average likes, comments and video views, posts per week, top hashtags"
+    )
     latest_analysis: LatestAnalysis | None
 
 
@@ -219,11 +231,14 @@ class ResultResponse(BaseModel):
     username: str
     analysis_type: Tier
     business_profile_id: UUID
-    lead: LeadOut | None = Field(description="None once the lead has been purged")
+    lead: LeadWithFigures | None = Field(description="None once the lead has been purged")
     analysis: dict[str, Any] = Field(
-        description="score (0-100), summary, niche, red_flags; deep adds engagement_read, "
-        "selling_points, outreach_message; xray adds motivations, communication_style, "
-        "objections, buying_triggers"
+        description="The tier's fields (the schemas LightResult, DeepResult, XrayResult): "
+        "score (0-100) with the score_factors that explain it, summary, niche, red_flags; "
+        "deep adds engagement_read, content_mix, languages, sentiment, selling_points, "
+        "outreach_message; xray adds motivations, communication_style, objections, "
+        "buying_triggers. engine says who answered: ai, or rules (the fallback used when the "
+        "AI provider was down; such a run is refunded), with its engine_version."
     )
     credits_charged: int
     cost: CostBreakdown | dict[str, Any]

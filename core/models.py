@@ -14,7 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field, computed_field
 
 from core.progress import Progress, RunError, RunStatus, StepDone
-from core.tiers import Tier
+from core.tiers import AIPart, Tier
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -195,9 +195,6 @@ class ScrapeOutput(BaseModel):
     stored: bool
 
 
-AIPart = Literal["fit_light", "fit_deep", "outreach", "psychographics"]
-
-
 class AIInput(BaseModel):
     run_id: UUID
     part: AIPart
@@ -206,13 +203,17 @@ class AIInput(BaseModel):
     business: BusinessContext
     profile: Profile
     attempts_before: int = 0
+    # The step's provider budget ends with this try: if the provider fails it, the
+    # rule-based fallback answers (when configured) rather than the run failing.
+    last_try: bool = False
 
 
 class AIOutput(BaseModel):
     done: StepDone
     part: AIPart
     fields: dict[str, object]
-    usage: AIUsage
+    usage: AIUsage | None = None  # None: the rule-based fallback answered, no model called
+    engine: Literal["ai", "rules"] = "ai"
 
 
 class SaveResultInput(BaseModel):

@@ -1,28 +1,53 @@
-"""What each tier asks the AI: the parts run in parallel, their output schemas and prompts.
+"""What each tier asks the AI: the output schema of each call and of each tier's result, and
+the prompts, kept as versioned Jinja templates (core/prompt_templates/<version>/).
 
-The prompts are deliberately plain for now (a later issue writes the real ones and the cost
-model). They keep the order prompt caching needs: the static instructions and the business
-context first, the per-lead profile last.
+The layout is the one OpenAI's prompt cache rewards (PROVIDERS.md): the instructions are the
+static part, the shared rubric first (over 1,024 tokens on its own), then the call's task,
+then the business profile; the lead comes last, as the input. Two leads analysed for the same
+business profile send the same instructions, and the provider reuses their prefix.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
 
+import jinja2
 from pydantic import BaseModel, Field
 
-from core.models import AIPart, BusinessContext, Profile
-from core.tiers import Tier
+from core.content import ContentIntelligence
+from core.engagement import engagement
+from core.models import BusinessContext, Profile
+from core.tiers import AIPart, Tier
+
+PROMPT_VERSION = "v2"
+TEMPLATES = Path(__file__).parent / "prompt_templates"
+# The posts given to the model: the profile's latest, as scraped (12 from Apify by default).
+MAX_POSTS = 12
+
+
+Effect = Literal["positive", "negative", "neutral"]
+
+
+class ScoreFactor(BaseModel):
+    factor: str = Field(description="What was weighed, e.g. audience match, engagement")
+    effect: Effect
+    evidence: str = Field(description="What in the profile or its figures shows it")
 
 
 class FitLight(BaseModel):
     score: int = Field(ge=0, le=100, description="How well this account fits as a lead")
+    score_factors: list[ScoreFactor] = Field(
+        description="Why the score is what it is: each factor that moved it, with evidence"
+    )
     summary: str = Field(description="One paragraph on who this is and why they fit or not")
     niche: str = Field(description="The account's niche in a few words")
     red_flags: list[str] = Field(description="Reasons for caution; empty when none")
 
 
-class FitDeep(FitLight):
+class FitDeep(FitLight, ContentIntelligence):
     engagement_read: str = Field(description="How engaged the audience is and what that means")
     selling_points: list[str] = Field(description="Angles that would resonate with this lead")
 
@@ -46,42 +71,73 @@ SCHEMAS: dict[AIPart, type[BaseModel]] = {
     "psychographics": Psychographics,
 }
 
-# The independent AI calls of each tier; deep and xray run theirs in parallel.
-TIER_PARTS: dict[Tier, tuple[AIPart, ...]] = {
-    Tier.light: ("fit_light",),
-    Tier.deep: ("fit_deep", "outreach"),
-    Tier.xray: ("fit_deep", "psychographics"),
-}
 
-_TASKS: dict[AIPart, str] = {
-    "fit_light": "Score how well this Instagram account fits as a sales lead for the business.",
-    "fit_deep": (
-        "Score how well this Instagram account fits as a sales lead for the business, read "
-        "its audience engagement and list the selling points that would resonate."
-    ),
-    "outreach": "Write a short, personal first outreach message from the business to this lead.",
-    "psychographics": (
-        "Describe this lead's motivations, communication style, likely objections and buying "
-        "triggers, and write a first message suited to that personality."
-    ),
+class Engine(BaseModel):
+    engine: Literal["ai", "rules"] = Field(
+        description="ai: the model's answer; rules: the rule-based fallback, used when the AI "
+        "provider was down (such a run is refunded)"
+    )
+    engine_version: str = Field(description="The prompt templates' or the rules' version")
+
+
+class LightResult(FitLight, Engine):
+    """What a light analysis holds (GET /api/analysis/{run_id}/result, `analysis`)."""
+
+
+class DeepResult(FitDeep, Outreach, Engine):
+    """What a deep analysis holds: light's fields, the engagement read, the content
+    intelligence, the selling points and an outreach message."""
+
+
+class XrayResult(FitDeep, Psychographics, Engine):
+    """What an xray analysis holds: deep's fields and the lead's psychographics."""
+
+
+TIER_RESULTS: dict[Tier, type[BaseModel]] = {
+    Tier.light: LightResult,
+    Tier.deep: DeepResult,
+    Tier.xray: XrayResult,
 }
 
 
 def instructions(part: AIPart, business: BusinessContext) -> str:
-    return (
-        "You qualify Instagram accounts as sales leads for a business. Answer only from the "
-        "profile given; do not invent facts.\n\n"
-        f"Task: {_TASKS[part]}\n\n"
-        f"Business: {business.name}\n"
-        f"About: {business.description}\n"
-        f"Offering: {business.offering}\n"
-        f"Target audience: {business.target_audience}\n"
-    )
+    """The static part of the call: the same for every lead of this business profile."""
+    return _templates().get_template(f"{part}.j2").render(business=business)
 
 
-def profile_input(profile: Profile) -> str:
-    data = profile.model_dump(
-        mode="json", exclude={"profile_pic_url", "instagram_id"}, exclude_none=True
+def lead_input(profile: Profile) -> str:
+    """The lead: its profile, its latest posts and the engagement figures from them."""
+    data: dict[str, Any] = profile.model_dump(
+        mode="json",
+        exclude={"profile_pic_url", "instagram_id", "posts"},
+        exclude_none=True,
     )
-    data["engagement_rate_percent"] = profile.engagement_rate
-    return "Instagram profile:\n" + json.dumps(data, ensure_ascii=False)
+    data["posts"] = [
+        post.model_dump(
+            mode="json",
+            include={
+                "type",
+                "caption",
+                "likes_count",
+                "comments_count",
+                "video_view_count",
+                "timestamp",
+                "is_pinned",
+            },
+            exclude_none=True,
+        )
+        for post in profile.posts[:MAX_POSTS]
+    ]
+    data["engagement"] = engagement(profile).model_dump(mode="json")
+    lead_json = json.dumps(data, ensure_ascii=False)
+    return _templates().get_template("lead.j2").render(lead_json=lead_json)
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES / PROMPT_VERSION),
+        undefined=jinja2.StrictUndefined,  # a misspelt variable fails, not renders empty
+        autoescape=False,  # plain text for a model, not HTML
+        keep_trailing_newline=True,
+    )

@@ -203,6 +203,10 @@ class Settings(BaseSettings):
     # long, then one call probes.
     ai_breaker_threshold: int = Field(default=5, ge=1)
     ai_breaker_pause_seconds: float = Field(default=30.0, gt=0)
+    # When the AI provider is down (the model's circuit is open, or the step's last try
+    # failed): "rules" completes the run with the rule-based analyzer (core.rules) and
+    # refunds it; "none" fails the run and refunds it.
+    ai_fallback: Literal["none", "rules"] = "none"
     model_light: str = "gpt-5-nano"
     model_deep: str = "gpt-5-mini"
     model_xray: str = "gpt-5"

@@ -253,13 +253,14 @@ async def complete(
     result: dict[str, Any],
     cost: dict[str, Any],
     credits_charged: int,
+    engine: str | None = None,
 ) -> None:
     """The commit point's write: the run is complete, with its result and final progress."""
     await conn.execute(
         """UPDATE analyses
            SET status = 'complete', progress = $2, current_step = $3, steps = $4,
                progress_version = $5, lead_id = $6, result = $7, cost = $8,
-               credits_charged = $9, updated_at = now(), finished_at = now()
+               credits_charged = $9, engine = $10, updated_at = now(), finished_at = now()
            WHERE id = $1""",
         progress.run_id,
         progress.progress,
@@ -270,6 +271,7 @@ async def complete(
         result,
         cost,
         credits_charged,
+        engine,
     )
 
 

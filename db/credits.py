@@ -512,10 +512,27 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
                               WHERE r.run_id = a.id AND r.kind = 'refund')
               AND NOT EXISTS (SELECT 1 FROM allowance_uses u WHERE u.run_id = a.id)
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
+        # A run the rule-based fallback completed is refunded (or its free unit given back):
+        # it did not get the AI analysis that was paid for.
         "complete run refunded": """
             SELECT a.id::text AS subject, a.status AS detail FROM analyses a
-            WHERE a.status = 'complete'
+            WHERE a.status = 'complete' AND a.engine IS DISTINCT FROM 'rules'
               AND EXISTS (SELECT 1 FROM credit_ledger r WHERE r.run_id = a.id AND r.kind = 'refund')
+              AND ($1::uuid IS NULL OR a.account_id = $1)""",
+        "run completed by the rules fallback, charged but not refunded": """
+            SELECT a.id::text AS subject, a.credits_charged::text AS detail FROM analyses a
+            WHERE a.status = 'complete' AND a.engine = 'rules'
+              AND (a.credits_charged <> 0
+                   OR ((EXISTS (SELECT 1 FROM credit_ledger c
+                                WHERE c.run_id = a.id AND c.kind = 'charge')
+                        OR EXISTS (SELECT 1 FROM credit_ledger c
+                                   WHERE c.batch_id = a.batch_id AND c.kind = 'charge'
+                                     AND c.run_id IS NULL))
+                       AND NOT EXISTS (SELECT 1 FROM allowance_uses u WHERE u.run_id = a.id)
+                       AND NOT EXISTS (SELECT 1 FROM credit_ledger r
+                                       WHERE r.run_id = a.id AND r.kind = 'refund'))
+                   OR EXISTS (SELECT 1 FROM allowance_uses u
+                              WHERE u.run_id = a.id AND u.returned_at IS NULL))
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
         "complete run not charged its cost": """
             SELECT a.id::text AS subject,
@@ -549,7 +566,8 @@ async def invariant_violations(conn: Connection, account_id: UUID | None = None)
             SELECT a.id::text AS subject, a.status AS detail FROM analyses a
             JOIN allowance_uses u ON u.run_id = a.id
             WHERE ((a.status IN ('failed', 'cancelled') AND u.returned_at IS NULL)
-                   OR (a.status = 'complete' AND u.returned_at IS NOT NULL))
+                   OR (a.status = 'complete' AND u.returned_at IS NOT NULL
+                       AND a.engine IS DISTINCT FROM 'rules'))
               AND ($1::uuid IS NULL OR a.account_id = $1)""",
         "run both drew an allowance unit and was charged credits": """
             SELECT u.run_id::text AS subject, 'charge ' || l.delta AS detail

@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from core.changes import Snapshot, changes
+from core.engagement import engagement
 from core.models import Profile
 from db.pool import Connection
 
@@ -23,8 +24,8 @@ async def upsert(
     score: int | None,
     analysis_id: UUID,
 ) -> UUID:
-    """Creates or refreshes the lead; what changed since its previous analysis (core.changes)
-    is kept in its history, seen by this analysis."""
+    """Creates or refreshes the lead, with its engagement figures; what changed since its
+    previous analysis (core.changes) is kept in its history, seen by this analysis."""
     previous = await conn.fetchrow(
         """SELECT followers_count, biography, is_private, is_verified FROM leads
            WHERE account_id = $1 AND business_profile_id = $2 AND username = $3
@@ -38,9 +39,9 @@ async def upsert(
         """INSERT INTO leads (account_id, business_profile_id, username, full_name, biography,
                external_url, profile_pic_url, followers_count, follows_count, posts_count,
                is_private, is_verified, is_business, business_category, engagement_rate,
-               last_score, last_analysis_id, last_analyzed_at)
+               last_score, last_analysis_id, last_analyzed_at, engagement)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                   now())
+                   now(), $18)
            ON CONFLICT (account_id, business_profile_id, username) WHERE deleted_at IS NULL
            DO UPDATE SET full_name = excluded.full_name, biography = excluded.biography,
                external_url = excluded.external_url, profile_pic_url = excluded.profile_pic_url,
@@ -49,7 +50,8 @@ async def upsert(
                is_private = excluded.is_private, is_verified = excluded.is_verified,
                is_business = excluded.is_business,
                business_category = excluded.business_category,
-               engagement_rate = excluded.engagement_rate, last_score = excluded.last_score,
+               engagement_rate = excluded.engagement_rate, engagement = excluded.engagement,
+               last_score = excluded.last_score,
                last_analysis_id = excluded.last_analysis_id, last_analyzed_at = now(),
                updated_at = now()
            RETURNING id""",
@@ -70,6 +72,7 @@ async def upsert(
         profile.engagement_rate,
         score,
         analysis_id,
+        engagement(profile).model_dump(mode="json"),
     )
     if previous is not None:
         now = Snapshot(
@@ -125,8 +128,8 @@ RESTORE_DAYS = 30
 _LEAD_COLUMNS = """l.id, l.business_profile_id, l.username, l.full_name, l.biography,
     l.external_url, l.profile_pic_url, l.followers_count, l.follows_count, l.posts_count,
     l.is_private, l.is_verified, l.is_business, l.business_category, l.engagement_rate,
-    l.last_score AS score, l.last_analysis_id, l.last_analyzed_at, l.created_at, l.updated_at,
-    l.deleted_at, a.analysis_type, a.result ->> 'summary' AS summary"""
+    l.engagement, l.last_score AS score, l.last_analysis_id, l.last_analyzed_at, l.created_at,
+    l.updated_at, l.deleted_at, a.analysis_type, a.result ->> 'summary' AS summary"""
 _FROM = "leads l LEFT JOIN analyses a ON a.id = l.last_analysis_id"
 
 

@@ -8,7 +8,7 @@ import openai
 from pydantic import BaseModel
 
 from core.models import AIPart, AIUsage, BusinessContext, Profile
-from core.prompts import SCHEMAS, instructions, profile_input
+from core.prompts import SCHEMAS, instructions, lead_input
 from core.settings import ModelPrice
 from providers.errors import ProviderRejected, ProviderUnavailable
 
@@ -28,7 +28,7 @@ class OpenAIAnalyzer:
             response = await self._client.responses.parse(
                 model=model,
                 instructions=instructions(part, business),
-                input=profile_input(profile),
+                input=lead_input(profile),
                 text_format=schema,
                 # Requests sharing a business profile and task share a cacheable prefix.
                 prompt_cache_key=_cache_key(part, business),

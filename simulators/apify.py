@@ -4,9 +4,10 @@ Profiles are made up but deterministic: the same username always gives the same 
 Usernames that start with these words behave as their name says, so anyone can demo
 failures: `notfound` (no such profile), `private` (a private profile), `flaky` (503 twice,
 then success), `slow` (takes 10 s; `slowai` is the OpenAI simulator's, not this one's),
-`down` (always 503: a provider that stays down), `changing` (each scrape shows a different
-profile: 25% more followers, another bio, verified flipped: what invalidates a cached
-analysis).
+`down` (always 503: a provider that stays down; `downai` is the OpenAI simulator's),
+`changing` (each scrape shows a different profile: 25% more followers, another bio,
+verified flipped: what invalidates a cached analysis), `fr_` and `es_` (captions in French
+or Spanish).
 """
 
 from __future__ import annotations
@@ -48,6 +49,33 @@ _CAPTIONS = [
     "Giveaway! Tag a friend who loves {topic}.",
     "Answering your top {topic} questions in the comments.",
 ]
+
+# Profiles whose username starts with `fr_` or `es_` write their captions in that language
+# (for content intelligence's languages); as many captions as in English, so the same
+# random draws pick them.
+_CAPTIONS_IN = {
+    "fr_": [
+        "Nouvelle collection {topic} aujourd'hui, laquelle est votre préférée ?",
+        "Les coulisses de notre séance {topic} de la semaine.",
+        "Trois choses que j'aurais aimé savoir en commençant le {topic}.",
+        "Merci pour cette première année de {topic} avec vous tous !",
+        "Petit conseil {topic} : la régularité vaut mieux que l'intensité.",
+        "Ambiance du samedi. Du {topic} toute la journée.",
+        "Concours ! Identifiez un ami qui adore le {topic}.",
+        "Je réponds à vos questions sur le {topic} dans les commentaires.",
+    ],
+    "es_": [
+        "Nueva colección de {topic} hoy, ¿cuál es vuestra favorita?",
+        "Detrás de las cámaras de la sesión de {topic} de esta semana.",
+        "Tres cosas que me hubiera gustado saber cuando empecé con el {topic}.",
+        "¡Gracias por un año de {topic} con esta comunidad!",
+        "Consejo rápido de {topic}: la constancia gana a la intensidad.",
+        "Ambiente de sábado. {topic} todo el día.",
+        "¡Sorteo! Etiqueta a un amigo al que le encante el {topic}.",
+        "Respondo a vuestras preguntas sobre {topic} en los comentarios.",
+    ],
+}
+assert all(len(captions) == len(_CAPTIONS) for captions in _CAPTIONS_IN.values())
 
 
 class ApifySimulator:
@@ -108,7 +136,7 @@ class ApifySimulator:
     async def _answer(self, usernames: list[str]) -> Any:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
-        if any(u.startswith("down") for u in usernames):
+        if any(u.startswith("down") and not u.startswith("downai") for u in usernames):
             return JSONResponse({"error": {"type": "platform-down"}}, status_code=503)
         for username in usernames:
             if username.startswith("flaky") and self._failures[username] < FLAKY_FAILURES:
@@ -190,7 +218,7 @@ def _post(
         "id": str(rng.randrange(10**18, 10**19)),
         "type": kind,
         "shortCode": short_code,
-        "caption": rng.choice(_CAPTIONS).format(topic=niche)
+        "caption": rng.choice(_CAPTIONS_IN.get(username[:3], _CAPTIONS)).format(topic=niche)
         + " "
         + " ".join(f"#{h}" for h in hashtags),
         "hashtags": hashtags,

@@ -2,7 +2,9 @@
 
 Usernames starting with `slowai` are analysed slowly (SLOW_AI_SECONDS); with `downai`, the
 model answers 503 every time (a model that stays down: what opens its circuit); with
-`rejectai`, it refuses the request (400).
+`rejectai`, it refuses the request (400). `POST /_simulator/openai/outage?down=true` makes
+every model answer 503 until `down=false`: the AI provider down, for demos of the circuit
+breaker and of `AI_FALLBACK=rules`.
 
 It answers any strict JSON schema it is sent with a valid instance, deterministic for the
 same model and input, and reports token usage the way OpenAI does, including cached input
@@ -59,9 +61,16 @@ class OpenAISimulator:
         self.latency_ms = latency_ms
         self._seen_prefixes: set[str] = set()
         self.calls = 0
+        self.down = False
         self.router = APIRouter()
         self.router.add_api_route("/v1/responses", self.create_response, methods=["POST"])
         self.router.add_api_route("/_simulator/openai/calls", self.call_count)
+        self.router.add_api_route("/_simulator/openai/outage", self.outage, methods=["POST"])
+
+    async def outage(self, down: bool) -> dict[str, bool]:
+        """Takes every model down (503) or brings them back."""
+        self.down = down
+        return {"down": self.down}
 
     async def call_count(self) -> dict[str, int]:
         """How many requests reached the model endpoint (for demos and tests)."""
@@ -85,7 +94,7 @@ class OpenAISimulator:
             await asyncio.sleep(self.latency_ms / 1000)
         if _subject(prompt_text).startswith("@slowai"):
             await asyncio.sleep(SLOW_AI_SECONDS)
-        if _subject(prompt_text).startswith("@downai"):  # a model that stays down
+        if self.down or _subject(prompt_text).startswith("@downai"):  # a model that stays down
             raise HTTPException(503, "the model is overloaded")
         if _subject(prompt_text).startswith("@rejectai"):  # a request the provider refuses
             raise HTTPException(400, "the request was refused")

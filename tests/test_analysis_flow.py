@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+import jsonschema
 import pytest
 from temporalio.api.enums.v1 import EventType
 
+from core.prompts import TIER_RESULTS
 from core.temporal import workflow_id
+from core.tiers import Tier
 from tests.helpers import (
     apify_calls,
     balance,
@@ -18,10 +21,16 @@ from tests.helpers import (
     wait_for,
 )
 
-LIGHT_FIELDS = {"score", "summary", "niche", "red_flags"}
-DEEP_FIELDS = LIGHT_FIELDS | {"engagement_read", "selling_points", "outreach_message"}
+LIGHT_FIELDS = {"score", "score_factors", "summary", "niche", "red_flags"}
+CONTENT_FIELDS = {"content_mix", "languages", "sentiment"}
+DEEP_FIELDS = (
+    LIGHT_FIELDS | CONTENT_FIELDS | {"engagement_read", "selling_points", "outreach_message"}
+)
 XRAY_FIELDS = DEEP_FIELDS | {"motivations", "communication_style", "objections", "buying_triggers"}
-TIER_FIELDS = {"light": LIGHT_FIELDS, "deep": DEEP_FIELDS, "xray": XRAY_FIELDS}
+TIER_FIELDS = {
+    tier: fields | {"engine", "engine_version"}
+    for tier, fields in {"light": LIGHT_FIELDS, "deep": DEEP_FIELDS, "xray": XRAY_FIELDS}.items()
+}
 TIER_COST = {"light": 1, "deep": 3, "xray": 5}
 TIER_MODEL = {"light": "gpt-5-nano", "deep": "gpt-5-mini", "xray": "gpt-5"}
 
@@ -45,6 +54,8 @@ async def test_each_tier_completes_and_charges_its_cost_once(
     assert result["lead"]["username"] == username
     assert result["lead"]["followers_count"] > 0
     assert set(result["analysis"]) == TIER_FIELDS[tier]
+    jsonschema.validate(result["analysis"], TIER_RESULTS[Tier(tier)].model_json_schema())
+    assert result["analysis"]["engine"] == "ai"
     assert 0 <= result["analysis"]["score"] <= 100
     assert result["credits_charged"] == TIER_COST[tier]
     assert result["cost"]["cache_hit"] is False

@@ -80,3 +80,17 @@ async def test_refusals_do_not_open_the_circuit(servers):
         with pytest.raises(ProviderRejected):
             await breaking.analyze("fit_light", "gpt-5-nano", BUSINESS, profile)
     assert await _calls(servers) == before + 4  # every call reached the provider
+
+
+async def test_the_simulators_outage_setting_takes_every_model_down_and_back(servers):
+    breaking = _breaking(servers, pause_seconds=60)
+    healthy = Profile(username=f"healthy_{uuid4().hex[:6]}", followers_count=10)
+    async with httpx.AsyncClient(base_url=servers.simulator_url) as http:
+        assert (await http.post("/_simulator/openai/outage?down=true")).json() == {"down": True}
+        try:
+            with pytest.raises(ProviderUnavailable) as failed:
+                await breaking.analyze("fit_light", "gpt-5", BUSINESS, healthy)
+            assert not isinstance(failed.value, CircuitOpen)  # the provider answered 503
+        finally:
+            await http.post("/_simulator/openai/outage?down=false")
+    await breaking.analyze("fit_light", "gpt-5", BUSINESS, healthy)

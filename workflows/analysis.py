@@ -80,8 +80,8 @@ with workflow.unsafe.imports_passed_through():
         ScrapeInput,
     )
     from core.progress import Progress, RunError, RunStatus, Step, StepDone, Tracker
-    from core.prompts import TIER_PARTS
     from core.temporal import workflow_id
+    from core.tiers import TIER_PARTS
 
 T = TypeVar("T")
 
@@ -274,7 +274,7 @@ class AnalysisWorkflow:
         """Steps 7 and 8."""
         self._begin(Step.scrape_profile)
 
-        def scrape(attempts_before: int) -> Awaitable[Any]:
+        def scrape(attempts_before: int, last_try: bool) -> Awaitable[Any]:
             return workflow.execute_activity_method(
                 ScrapeActivities.scrape_profile,
                 ScrapeInput(
@@ -308,8 +308,8 @@ class AnalysisWorkflow:
         """Step 9: the tier's AI calls, in parallel; one failing for good cancels the others."""
         self._begin(Step.analyze_profile)
 
-        def ask(part: Any) -> Callable[[int], Awaitable[Any]]:
-            def call(attempts_before: int) -> Awaitable[Any]:
+        def ask(part: Any) -> Callable[[int, bool], Awaitable[Any]]:
+            def call(attempts_before: int, last_try: bool) -> Awaitable[Any]:
                 return workflow.execute_activity_method(
                     AIActivities.analyze_profile,
                     AIInput(
@@ -320,6 +320,7 @@ class AnalysisWorkflow:
                         business=business,
                         profile=profile,
                         attempts_before=attempts_before,
+                        last_try=last_try,
                     ),
                     start_to_close_timeout=AI_TIMEOUT,
                     heartbeat_timeout=PROVIDER_HEARTBEAT,
@@ -352,20 +353,28 @@ class AnalysisWorkflow:
         analysis: dict[str, Any] = {}
         for result in results:
             analysis.update(result.fields)
-            cost.ai.append(result.usage)
+            if result.usage is not None:
+                cost.ai.append(result.usage)
+        # A part the rule-based fallback answered makes the whole result a rules one: the
+        # run did not get the AI analysis it paid for, and the commit step refunds it.
+        for result in results:
+            if result.engine == "rules":
+                analysis["engine"] = "rules"
+                analysis["engine_version"] = result.fields.get("engine_version")
         return analysis
 
     # --- running steps ----------------------------------------------------------------
 
     async def _within_budget(
-        self, step: Step, budget: ProviderBudget, call: Callable[[int], Awaitable[T]]
+        self, step: Step, budget: ProviderBudget, call: Callable[[int, bool], Awaitable[T]]
     ) -> T:
         """Runs a provider activity until it succeeds, fails for good, or its provider has
-        failed `budget.attempts` times; pauses between tries grow as the budget says."""
+        failed `budget.attempts` times; pauses between tries grow as the budget says. The
+        call is told the tries before it and whether it is the last."""
         attempts_before = 0
         for failures in range(1, budget.attempts + 1):
             try:
-                return await call(attempts_before)
+                return await call(attempts_before, failures == budget.attempts)
             except ActivityError as exc:
                 failure = exc.cause
                 if not isinstance(failure, ApplicationError):

@@ -283,7 +283,9 @@ async def _detail(conn: Any, row: asyncpg.Record) -> LeadDetail:
                 credits_charged=run["credits_charged"],
                 finished_at=run["finished_at"],
             )
-    return LeadDetail(**_record(row).model_dump(), latest_analysis=latest)
+    return LeadDetail(
+        **_record(row).model_dump(), engagement=row["engagement"], latest_analysis=latest
+    )
 
 
 @router.get(
