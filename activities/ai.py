@@ -14,14 +14,13 @@ from temporalio import activity
 from activities.common import (
     attempt,
     done_since,
-    expected,
     now,
     provider_call,
     provider_failed,
     step_activity,
 )
 from activities.slots import ProviderSlots
-from core.errors import ErrorCode, provider_unavailable
+from core.errors import ErrorCode
 from core.models import AIInput, AIOutput
 from core.prompts import PROMPT_VERSION
 from core.rules import RulesAnalyzer
@@ -51,8 +50,8 @@ class AIActivities:
         started = now()
         tried = attempt(input.attempts_before)
         try:
-            # The whole call, timed by the analyzer: one that trickles counts as failing,
-            # for the model's circuit too.
+            # The whole call, timed by the analyzer (ProviderTimeout): one that trickles
+            # counts as failing, for the model's circuit too.
             async with provider_call(), self._slots.hold(OPENAI, input.run_id, input.turn):
                 parsed, usage = await self._analyzer.analyze(
                     input.part,
@@ -60,14 +59,8 @@ class AIActivities:
                     input.business,
                     input.profile,
                 )
-        except TimeoutError as exc:
-            if self._falls_back(input, exc):
-                return self._by_rules(input, started, "OpenAI took too long to answer")
-            raise expected(
-                provider_unavailable(OPENAI, "OpenAI took too long to answer", tried)
-            ) from exc
         except ProviderError as exc:
-            if self._falls_back(input, exc):
+            if self._rules is not None and falls_back(exc, last_try=input.last_try):
                 return self._by_rules(input, started, exc.message)
             raise provider_failed(exc, ErrorCode.ai_failed, tried) from exc
         return AIOutput(
@@ -76,14 +69,6 @@ class AIActivities:
             fields={**parsed.model_dump(), "engine": "ai", "engine_version": PROMPT_VERSION},
             usage=usage,
         )
-
-    def _falls_back(self, input: AIInput, failure: Exception) -> bool:
-        """Whether the rules answer: the provider is down (a refusal is not an outage),
-        and either its circuit is open or this try was the step's last."""
-        if self._rules is None:
-            return False
-        down = isinstance(failure, ProviderUnavailable | TimeoutError)
-        return down and (isinstance(failure, CircuitOpen) or input.last_try)
 
     def _by_rules(self, input: AIInput, started: datetime, why: str) -> AIOutput:
         assert self._rules is not None
@@ -101,3 +86,12 @@ class AIActivities:
             },
             engine="rules",
         )
+
+
+def falls_back(failure: ProviderError, *, last_try: bool) -> bool:
+    """Whether the rules answer for a failed call: the provider is down (a refusal says
+    nothing of that, and never falls back), and either its circuit is open (it is known to
+    be down: no need to wait) or this try was the step's last."""
+    if not isinstance(failure, ProviderUnavailable):
+        return False
+    return isinstance(failure, CircuitOpen) or last_try

@@ -47,7 +47,8 @@ CATEGORIES: dict[str, frozenset[str]] = {
         "fashion style ootd streetwear outfit clothing designer model outfits vintage shoes"
     ),
     "tech": _keywords(
-        "tech startup coding ai productivity software developer saas gadgets programming innovation"
+        "tech startup coding artificialintelligence machinelearning productivity software "
+        "developer saas gadgets programming innovation"
     ),
     "coffee": _keywords("coffee latte barista cafe espresso morning brew"),
     "photography": _keywords(
@@ -112,8 +113,13 @@ def content_intelligence(profile: Profile) -> ContentIntelligence:
 def category_of(post: Post) -> str:
     """The category most of the post's hashtags and caption words point to; ties go to the
     category listed first."""
-    words = [w.lstrip("#@").lower() for w in _WORD.findall(post.caption)]
-    words += [h.lstrip("#").lower() for h in post.hashtags]
+    # The caption's words and hashtags, each hashtag once (captions repeat them as text).
+    found = _WORD.findall(post.caption)
+    words = [w.lower() for w in found if not w.startswith(("#", "@"))]
+    words += sorted(
+        {h.lstrip("#").lower() for h in post.hashtags}
+        | {w.lstrip("#").lower() for w in found if w.startswith("#")}
+    )
     votes = Counter(
         name for word in words for name, keywords in CATEGORIES.items() if word in keywords
     )
@@ -141,6 +147,12 @@ def sentiment_of(texts: list[str]) -> Sentiment:
         "positive" if average >= 0.05 else "negative" if average <= -0.05 else "neutral"
     )
     return Sentiment(average=average, label=label)
+
+
+def warm_up() -> None:
+    """Loads the language model and the sentiment lexicon (a few hundred milliseconds)."""
+    _identifier()
+    _sentiment_analyzer()
 
 
 def _prose(caption: str) -> str:

@@ -45,7 +45,7 @@ def engagement(profile: Profile) -> Engagement:
     if len(dated) >= 2:
         span_days = (dated[-1] - dated[0]).total_seconds() / 86_400
         cadence = round((len(dated) - 1) / span_days * 7, 2) if span_days > 0 else None
-    tags = Counter(tag.lower().lstrip("#") for p in posts for tag in set(p.hashtags))
+    tags = Counter(tag for p in posts for tag in {t.lower().lstrip("#") for t in p.hashtags})
     return Engagement(
         posts_analyzed=len(posts),
         engagement_rate=profile.engagement_rate,

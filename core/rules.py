@@ -15,7 +15,7 @@ import re
 from pydantic import BaseModel
 from rapidfuzz import fuzz
 
-from core.content import CATEGORIES, ContentIntelligence, content_intelligence
+from core.content import CATEGORIES, ContentIntelligence, content_intelligence, warm_up
 from core.engagement import Engagement, engagement
 from core.models import BusinessContext, Profile
 from core.prompts import (
@@ -30,6 +30,7 @@ from core.prompts import (
 from core.tiers import AIPart
 
 RULES_VERSION = "rules-1"
+_ARTICLES = {"the", "a", "an", "le", "la", "les", "el", "los", "las", "die", "der", "das"}
 
 _CONTACT = re.compile(r"\b(dm|email|e-mail|contact|collab|collabs|book|booking|inquiries)\b", re.I)
 
@@ -77,6 +78,11 @@ class RulesAnalyzer:
     """Stateless and deterministic: the same profile and business give the same fields."""
 
     version = RULES_VERSION
+
+    def __init__(self) -> None:
+        # Loads the language model and the sentiment lexicon now (at worker start), not in
+        # the first fallback's call, in the middle of an outage.
+        warm_up()
 
     def analyze(self, part: AIPart, business: BusinessContext, profile: Profile) -> BaseModel:
         read = _Reading(business, profile)
@@ -132,7 +138,8 @@ class _Reading:
             points, effect = 20 + min(overlap, 100) * 15 // 100, "positive"
         else:
             # No shared category: how close the words are, for at most a third of the points.
-            similarity = fuzz.token_set_ratio(
+            # Sorted tokens, not token sets: a one-word bio is not a perfect match.
+            similarity = fuzz.token_sort_ratio(
                 f"{business.target_audience} {business.offering}".lower(),
                 f"{self.profile.biography} {self.profile.business_category or ''}".lower(),
             )
@@ -149,7 +156,8 @@ class _Reading:
     def _engagement(self) -> tuple[ScoreFactor, int]:
         rate = self.figures.engagement_rate
         if rate is None:
-            return _factor("engagement quality", "negative", "no posts to measure it on"), 0
+            why = "no posts to measure it on" if not self.profile.posts else "no followers"
+            return _factor("engagement quality", "negative", why), 0
         points, effect = _band(
             rate, [(6, 25, "positive"), (3, 20, "positive"), (1, 12, "neutral"), (0, 5, "negative")]
         )
@@ -246,7 +254,11 @@ class _Reading:
     def summary(self, score: int) -> str:
         p, f = self.profile, self.figures
         topic = self.top_category or "a mix of topics"
-        cadence = f"{f.posts_per_week} posts a week" if f.posts_per_week else "rarely"
+        cadence = (
+            f"{f.posts_per_week} posts a week"
+            if f.posts_per_week
+            else "too few dated posts to tell how often"
+        )
         verdict = (
             "a strong fit"
             if score >= 70
@@ -267,7 +279,9 @@ class _Reading:
     def engagement_read(self) -> str:
         f = self.figures
         if f.engagement_rate is None:
-            return "No posts to read engagement from."
+            if not self.profile.posts:
+                return "No posts to read engagement from."
+            return "No followers to measure engagement against."
         level = (
             "excellent"
             if f.engagement_rate >= 6
@@ -307,7 +321,10 @@ class _Reading:
         return points or [f"{offering} could be introduced as new to this audience."]
 
     def message(self) -> str:
-        first_name = (self.profile.full_name.split() or [f"@{self.profile.username}"])[0]
+        # A person by their first name; a brand, or a name we cannot split, by @username.
+        names = self.profile.full_name.split()
+        person = names and not self.profile.is_business and names[0].lower() not in _ARTICLES
+        first_name = names[0] if person else f"@{self.profile.username}"
         topic = (
             f"#{self.figures.top_hashtags[0].tag}"
             if self.figures.top_hashtags

@@ -10,14 +10,15 @@ cancelled by its user). A call that takes longer than the timeout does count."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from purgatory import AsyncCircuitBreakerFactory
+from purgatory import AsyncCircuitBreakerFactory, ContextChanged
 from purgatory.domain.model import OpenedState
 from pydantic import BaseModel
 
 from core.models import AIPart, AIUsage, BusinessContext, Profile
 from providers.ai import OPENAI, OpenAIAnalyzer
-from providers.errors import ProviderRejected, ProviderUnavailable
+from providers.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable
 
 
 class CircuitOpen(ProviderUnavailable):
@@ -32,7 +33,10 @@ class BreakingAnalyzer:
         threshold: int,
         pause_seconds: float,
         timeout_seconds: float,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_change(circuit, state)` hears each change of a circuit's state: `opened`,
+        `half-opened` or `closed` (the worker records them for /health)."""
         self._analyzer = analyzer
         self._timeout = timeout_seconds
         self._breakers = AsyncCircuitBreakerFactory(
@@ -40,16 +44,29 @@ class BreakingAnalyzer:
             default_ttl=pause_seconds,
             exclude=[ProviderRejected, asyncio.CancelledError],
         )
+        if on_change is not None:
+            report = on_change
+
+            def changed(name: str, kind: str, event: object) -> None:
+                if kind == "state_changed" and isinstance(event, ContextChanged):
+                    report(name, event.state)
+
+            self._breakers.add_listener(changed)
 
     async def analyze(
         self, part: AIPart, model: str, business: BusinessContext, profile: Profile
     ) -> tuple[BaseModel, AIUsage]:
         """As `OpenAIAnalyzer.analyze`, within the model's circuit and the call's timeout
-        (TimeoutError when it runs out)."""
+        (ProviderTimeout when it runs out)."""
         try:
             async with await self._breakers.get_breaker(f"openai:{model}"):
-                async with asyncio.timeout(self._timeout):
-                    return await self._analyzer.analyze(part, model, business, profile)
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        return await self._analyzer.analyze(part, model, business, profile)
+                except TimeoutError as exc:
+                    raise ProviderTimeout(
+                        OPENAI, f"OpenAI took longer than {self._timeout:g} s to answer"
+                    ) from exc
         except OpenedState:
             raise CircuitOpen(
                 OPENAI, f"{model} failed repeatedly: calls wait for the circuit to close"

@@ -2,7 +2,8 @@
 
     ProviderError            the provider did not give what was asked
     ├── ProviderUnavailable  it may pass: 5xx, 429, a timeout, a dropped connection. The
-    │                        step tries again, within its provider budget.
+    │   │                    step tries again, within its provider budget.
+    │   └── ProviderTimeout  the whole call outlasted its time
     ├── ProviderRejected     it will not pass: the request was refused (bad token, bad
     │                        input) or the answer is unusable.
     ├── ProfileNotFound      Apify: no such Instagram account (an answer, not a fault)
@@ -23,6 +24,10 @@ class ProviderError(Exception):
 
 class ProviderUnavailable(ProviderError):
     pass
+
+
+class ProviderTimeout(ProviderUnavailable):
+    """The whole call took longer than allowed (a provider that trickles counts too)."""
 
 
 class ProviderRejected(ProviderError):

@@ -204,7 +204,8 @@ async def test_two_leads_of_one_business_reuse_the_cached_prefix(servers):
             + static * price.cached_input
             + warm.output_tokens * price.output
         )
-        / 1_000_000
+        / 1_000_000,
+        abs=1e-8,  # stored to 8 decimals
     )
     # Another business profile has its own prefix: its first lead is not cached.
     other = business.model_copy(update={"id": uuid4(), "name": "Another gym"})

@@ -709,3 +709,38 @@ async def test_no_role_can_mix_tenants_in_one_row(world, system_pool):
             world.b_run,
             uuid4().hex,
         )
+
+
+async def test_a_run_the_rules_complete_is_refunded_and_an_ai_run_never(world, system_pool):
+    """The run guard (migration 0020): a run completed by the rule-based fallback charged
+    nothing and was refunded in its transaction; a run completed by the AI keeps its charge
+    and has no refund."""
+    processing = await _run_in(system_pool, world.a, world.a_profile, "processing")
+    complete_rules = """UPDATE analyses SET status = 'complete', engine = 'rules',
+                            credits_charged = $2, finished_at = now() WHERE id = $1"""
+    try:
+        with pytest.raises(CHECK):  # not refunded
+            await system_pool.execute(complete_rules, processing, 0)
+        async with system_pool.acquire() as conn, conn.transaction():
+            refund = await credits.refund_run(conn, account_id=world.a, run_id=processing)
+            assert refund is not None and refund.delta == 1
+            # Refunded, yet completing as the AI's: refused.
+            with pytest.raises(CHECK):
+                async with conn.transaction():
+                    await conn.execute(
+                        """UPDATE analyses SET status = 'complete', engine = 'ai',
+                               credits_charged = 1, finished_at = now() WHERE id = $1""",
+                        processing,
+                    )
+            with pytest.raises(CHECK):  # refunded, but says it charged
+                async with conn.transaction():
+                    await conn.execute(complete_rules, processing, 1)
+            await conn.execute(complete_rules, processing, 0)
+        async with system_pool.acquire() as conn:
+            assert await credits.invariant_violations(conn, world.a) == []
+    finally:
+        await system_pool.execute(
+            "UPDATE analyses SET status = 'failed', finished_at = now() WHERE id = $1 "
+            "AND status = 'processing'",
+            processing,
+        )

@@ -31,6 +31,7 @@ def test_the_recorded_histories_cover_every_path():
         "complete_deep",
         "complete_xray",
         "complete_from_cache",
+        "complete_by_rules",
         "provider_failures_retried",
         "provider_faults",
         "worker_lost_during_ai",

@@ -16,6 +16,8 @@ DECLARE
     changed text[];
     paid boolean;
     free boolean;
+    drew boolean;
+    refunded boolean;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.status <> 'pending' OR NEW.credits_charged <> 0 OR NEW.result IS NOT NULL
@@ -97,17 +99,21 @@ BEGIN
         RAISE EXCEPTION 'run % is processed only once charged', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
+    refunded := EXISTS (SELECT 1 FROM public.credit_ledger l
+                        WHERE l.run_id = OLD.id AND l.kind = 'refund');
     IF NEW.status = 'complete' AND NEW.engine = 'rules' THEN
-        IF NEW.credits_charged <> 0 OR free
-           OR (paid AND NOT EXISTS (SELECT 1 FROM public.credit_ledger l
-                                    WHERE l.run_id = OLD.id AND l.kind = 'refund')) THEN
+        -- Refunded: its unit given back (a free run, or a free item of a charged batch), or
+        -- its credits; and charged nothing.
+        drew := EXISTS (SELECT 1 FROM public.allowance_uses u WHERE u.run_id = OLD.id);
+        IF NEW.credits_charged <> 0 OR free OR (paid AND NOT drew AND NOT refunded) THEN
             RAISE EXCEPTION 'run % completed by the rules is refunded and charged nothing',
                 OLD.id USING ERRCODE = 'check_violation';
         END IF;
-    ELSIF NEW.status = 'complete' AND ((free AND NEW.credits_charged <> 0)
+    ELSIF NEW.status = 'complete' AND (refunded
+                                       OR (free AND NEW.credits_charged <> 0)
                                        OR (NOT free AND NEW.credits_charged <> OLD.credits_cost))
     THEN
-        RAISE EXCEPTION 'run % completes charged its cost of % (none when free)',
+        RAISE EXCEPTION 'run % completes charged its cost of % (none when free), unrefunded',
             OLD.id, OLD.credits_cost USING ERRCODE = 'check_violation';
     END IF;
 
