@@ -208,11 +208,19 @@ BUSINESS_PROFILE: dict[str, Any] = {
 }
 
 HEALTH: dict[str, Any] = {
-    "status": "ok",
+    "status": "degraded",
     "version": "0.1.0",
     "components": {
         "database": {"status": "ok", "latency_ms": 0.8, "detail": None},
         "temporal": {"status": "ok", "latency_ms": 1.9, "detail": None},
+        "workers": {"status": "ok", "latency_ms": 3.1, "detail": "4 pollers on oslira"},
+        "schedules": {"status": "ok", "latency_ms": 4.2, "detail": None},
+        "ai_circuits": {
+            "status": "degraded",
+            "latency_ms": 1.1,
+            "detail": "open: openai:gpt-5-mini on 4242@worker-1",
+        },
+        "profile_cache": {"status": "ok", "latency_ms": 0.9, "detail": "postgres"},
     },
 }
 

@@ -324,15 +324,15 @@ class BusinessProfileOut(BaseModel):
 
 
 class ComponentHealth(BaseModel):
-    status: str
+    status: Literal["ok", "degraded", "down"]
     latency_ms: float | None = None
-    detail: str | None = None
+    detail: str | None = Field(default=None, description="What was found, or why it is not ok")
 
 
 class HealthResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [examples.HEALTH]})
 
-    status: str
+    status: Literal["healthy", "degraded", "unhealthy"]
     version: str
     components: dict[str, ComponentHealth]
 

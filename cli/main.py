@@ -105,7 +105,8 @@ def api(
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations (and role passwords, when configured); with
-    TEMPORAL_ADDRESS set, create or update the scheduled jobs too."""
+    TEMPORAL_ADDRESS set, register the search attributes and create or update the scheduled
+    jobs too."""
     from db.migrate import migrate as apply
     from db.migrate import set_role_passwords
 
@@ -120,14 +121,20 @@ def migrate() -> None:
     applied = asyncio.run(main())
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     if settings.temporal_address is not None:
-        ids = asyncio.run(_ensure_schedules(settings))
+        added, ids = asyncio.run(_prepare_temporal(settings))
+        if added:
+            typer.echo(f"search attributes registered: {', '.join(added)}")
         typer.echo(f"schedules: {', '.join(ids)}")
 
 
-async def _ensure_schedules(settings: Settings) -> list[str]:
+async def _prepare_temporal(settings: Settings) -> tuple[list[str], list[str]]:
+    """The search attributes runs are started with (a cluster does not know them; the dev
+    server gets them on its command line) and the scheduled jobs."""
     from core import schedules, temporal
 
-    return await schedules.ensure(await temporal.connect(settings), settings)
+    client = await temporal.connect(settings)
+    added = await temporal.ensure_search_attributes(client, settings.temporal_namespace)
+    return added, await schedules.ensure(client, settings)
 
 
 @app.command()

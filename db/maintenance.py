@@ -32,7 +32,8 @@ async def purge(conn: Connection) -> Purged:
       others keep an empty row under a neutral name, since their runs' ledger rows must
       stay;
     - Stripe events applied (or ignored) and received more than 90 days ago. Dead-lettered
-      events stay until an operator replays them.
+      events stay until an operator replays them;
+    - AI circuit states unchanged for a day.
     """
     leads = 0
     while True:
@@ -83,6 +84,9 @@ async def purge(conn: Connection) -> Purged:
              AND received_at < now() - make_interval(days => $1)""",
         WEBHOOK_EVENTS_KEPT_DAYS,
     )
+    # Circuit states a worker recorded and did not change for a day: health ignores them
+    # after the breaker's pause already; these are mostly of workers long gone.
+    await conn.execute("DELETE FROM provider_circuits WHERE changed_at < now() - interval '1 day'")
     return Purged(
         leads=leads,
         business_profiles=len(deleted),

@@ -56,6 +56,10 @@ class ProfileCache(Protocol):
         (ages in seconds, ascending): len(boundaries) + 1 counts."""
         ...
 
+    async def check(self) -> None:
+        """Raises when the store cannot be reached (for /health)."""
+        ...
+
 
 @dataclass(frozen=True)
 class CacheStats:
@@ -85,6 +89,10 @@ class PostgresProfileCache:
         size = len(json.dumps(data, separators=(",", ":")).encode())
         async with connection(self._pool) as conn:
             await sql.put(conn, cache_key(profile.username), data, size)
+
+    async def check(self) -> None:
+        async with connection(self._pool) as conn:
+            await conn.fetchval("SELECT 1 FROM profile_cache LIMIT 1")
 
     async def drop(self, username: str) -> bool:
         async with connection(self._pool) as conn:
@@ -173,6 +181,9 @@ class S3ProfileCache:
             Body=body,
             ContentType="application/json",
         )
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._s3.head_bucket, Bucket=self._bucket)
 
     async def drop(self, username: str) -> bool:
         def delete() -> bool:

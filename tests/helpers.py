@@ -259,3 +259,79 @@ async def run_job(client: Client, settings: Settings, name: str, record: str | N
             return result
         await asyncio.sleep(0.05)
     raise AssertionError(f"{name} did not start")
+
+
+class TcpProxy:
+    """Forwards local connections to `host:port` until `hang()`: then every connection is
+    dropped and new ones are accepted but never answered (a host that stopped responding,
+    the slowest way for a dependency to be down)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """`host` may be a Unix socket directory (as libpq's `host=`): then the target is
+        its PostgreSQL socket for `port`."""
+        self._target = (host, port)
+        self._hanging = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.hang()
+
+    def hang(self) -> None:
+        self._hanging = True
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self._hanging:
+            return  # accepted, never answered
+        host, port = self._target
+        try:
+            if host.startswith("/"):
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A local AWS (moto's server mode: S3, Secrets Manager, ...) over HTTP; its URL."""
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = stack.free_port()
+        proc = stack.spawn(
+            [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+            {},
+            Path(tmp) / "moto.log",
+        )
+        try:
+            stack.wait_for_port("127.0.0.1", port, 30, proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stack.stop(proc)

@@ -171,12 +171,20 @@ async def test_health_reports_each_component(api):
     response = await api.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok"
     assert body["version"]
-    assert {name: c["status"] for name, c in body["components"].items()} == {
-        "database": "ok",
-        "temporal": "ok",
+    statuses = {name: c["status"] for name, c in body["components"].items()}
+    # The session's worker polls its queue; whether its schedules exist depends on the tests
+    # before (tests/test_health.py takes each component down in turn).
+    assert set(statuses) == {
+        "database",
+        "temporal",
+        "workers",
+        "schedules",
+        "ai_circuits",
+        "profile_cache",
     }
+    assert statuses["database"] == statuses["temporal"] == statuses["workers"] == "ok"
+    assert body["status"] in ("healthy", "degraded")
 
 
 async def test_openapi_documents_every_endpoint_with_its_errors(api):
@@ -258,11 +266,15 @@ async def test_runs_are_listed_newest_first_with_filters_and_pages(api, new_acco
 
 
 async def test_health_answers_head_and_has_live_and_ready_probes(api):
-    for path in ("/health", "/health/ready", "/health/live"):
+    for path, statuses in (
+        ("/health", {"healthy", "degraded"}),
+        ("/health/ready", {"healthy"}),
+        ("/health/live", {"ok"}),
+    ):
         head = await api.head(path)
         assert head.status_code == 200, path
         assert head.content == b""
-        assert (await api.get(path)).json()["status"] == "ok"
+        assert (await api.get(path)).json()["status"] in statuses
     refused = await api.post("/health")
     assert refused.status_code == 405
     assert set(refused.headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
