@@ -32,6 +32,7 @@ from activities.slots import ProviderSlots
 from core import temporal
 from core.rules import RulesAnalyzer
 from core.settings import Settings
+from db.circuits import Reporter
 from db.pool import create_pool
 from providers.ai import OPENAI, OpenAIAnalyzer
 from providers.apify import APIFY, ApifyScraper
@@ -64,6 +65,14 @@ WORKFLOWS = [
 ]
 
 
+def current(settings: Settings, field: str) -> str:
+    """A provider key's current value (Secrets Manager's, re-read after its TTL, or the
+    environment's); checked present when the worker starts."""
+    value = settings.secret(field)
+    assert value is not None
+    return value.get_secret_value()
+
+
 @asynccontextmanager
 async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
     """Workers for the analysis queue (and the scrape queue when it is a separate one)."""
@@ -77,15 +86,15 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             timeout=httpx.Timeout(settings.apify_timeout_seconds, connect=10),
         )
         stack.push_async_callback(apify_http.aclose)
-        if settings.apify_token is None:
+        if settings.secret("apify_token") is None:
             raise RuntimeError("APIFY_TOKEN is not set (and no simulator was configured)")
         scraper = ApifyScraper(
-            apify_http, token=settings.apify_token.get_secret_value(), actor=settings.apify_actor
+            apify_http, token=lambda: current(settings, "apify_token"), actor=settings.apify_actor
         )
-        if settings.openai_api_key is None:
+        if settings.secret("openai_api_key") is None:
             raise RuntimeError("OPENAI_API_KEY is not set (and no simulator was configured)")
         ai_client = openai.AsyncOpenAI(
-            api_key=settings.openai_api_key.get_secret_value(),
+            api_key=current(settings, "openai_api_key"),
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout_seconds,
             max_retries=0,  # retries belong to the workflow's AI retry policy
@@ -105,11 +114,18 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         profile_cache = make_profile_cache(settings, pool)
         cache = CacheActivities(profile_cache, pool, settings)
         scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
+        circuits = Reporter(pool, slots.worker)
+        stack.push_async_callback(circuits.close)
         analyzer = BreakingAnalyzer(
-            OpenAIAnalyzer(ai_client, settings.model_prices),
+            OpenAIAnalyzer(
+                ai_client,
+                settings.model_prices,
+                api_key=lambda: current(settings, "openai_api_key"),
+            ),
             threshold=settings.ai_breaker_threshold,
             pause_seconds=settings.ai_breaker_pause_seconds,
             timeout_seconds=settings.openai_timeout_seconds,
+            on_change=circuits,
         )
         rules = RulesAnalyzer() if settings.ai_fallback == "rules" else None
         ai = AIActivities(analyzer, slots, settings, rules)

@@ -8,6 +8,7 @@ set in the environment always win over that file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from functools import cached_property
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import (
     BaseModel,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -25,7 +27,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.secrets import SECRET_FIELDS, SecretsManagerSource
 from core.tiers import Tier
+
+log = logging.getLogger(__name__)
 
 API_ROLE = "oslira_api"
 WORKER_ROLE = "oslira_worker"
@@ -172,6 +177,17 @@ class Settings(BaseSettings):
     # secret; `oslira dev` generates one per state folder.
     jwt_secret: SecretStr | None = None
     jwt_audience: str = "authenticated"
+
+    # AWS Secrets Manager (core.secrets): one JSON secret holding the JWT secret and the
+    # provider keys under their environment names, re-read after the TTL; what it does not
+    # hold comes from the environment.
+    secrets_manager_secret_id: str | None = None
+    secrets_manager_ttl_seconds: float = Field(default=300.0, gt=0)
+    secrets_manager_endpoint_url: str | None = None
+    secrets_manager_region: str | None = None
+    # Sentry (read now so Secrets Manager can hold it)
+    sentry_dsn: SecretStr | None = None
+    _secrets: SecretsManagerSource | None = PrivateAttr(default=None)
 
     # Requests whose body is larger answer 413 unread (a batch of 10,000 usernames is
     # about 330 kB).
@@ -335,14 +351,42 @@ class Settings(BaseSettings):
     def cache_ttl_seconds(self, tier: Tier) -> float:
         return float(getattr(self, f"cache_ttl_hours_{tier.value}")) * 3600
 
+    def secret(self, field: str) -> SecretStr | None:
+        """A secret setting's current value: from Secrets Manager when configured and the
+        secret holds it (re-read after its TTL), else from the environment."""
+        if self.secrets_manager_secret_id is not None:
+            name = {v: k for k, v in SECRET_FIELDS.items()}[field]
+            value = self._secret_source().get(name)
+            if value is not None:
+                if field != "jwt_secret":
+                    return SecretStr(value)
+                try:
+                    return self._usable(SecretStr(value))
+                except ValueError as exc:
+                    log.error("JWT_SECRET in Secrets Manager is refused (%s): not used", exc)
+        current: SecretStr | None = getattr(self, field)
+        return current
+
+    def _secret_source(self) -> SecretsManagerSource:
+        if self._secrets is None:
+            assert self.secrets_manager_secret_id is not None
+            self._secrets = SecretsManagerSource(
+                self.secrets_manager_secret_id,
+                ttl_seconds=self.secrets_manager_ttl_seconds,
+                endpoint_url=self.secrets_manager_endpoint_url,
+                region=self.secrets_manager_region,
+            )
+        return self._secrets
+
     def require_jwt_secret(self) -> str:
-        if self.jwt_secret is None:
+        jwt_secret = self.secret("jwt_secret")
+        if jwt_secret is None:
             raise ConfigurationError(
                 "JWT_SECRET is not set: give it a random value of at least "
                 f"{JWT_SECRET_MIN_BYTES} bytes (for example `openssl rand -base64 48`), or "
                 "start the whole stack with `oslira dev`, which keeps one per state folder."
             )
-        return self.jwt_secret.get_secret_value()
+        return jwt_secret.get_secret_value()
 
     def require_database_url(self) -> str:
         if self.database_url is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import openai
 from pydantic import BaseModel
@@ -16,14 +17,25 @@ OPENAI = "OpenAI"
 
 
 class OpenAIAnalyzer:
-    def __init__(self, client: openai.AsyncOpenAI, prices: dict[str, ModelPrice]) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        prices: dict[str, ModelPrice],
+        api_key: Callable[[], str] | None = None,
+    ) -> None:
+        """`api_key`: what gives the key's current value (a secret rotated in Secrets
+        Manager); None keeps the client's own."""
         self._client = client
         self._prices = prices
+        self._api_key = api_key
 
     async def analyze(
         self, part: AIPart, model: str, business: BusinessContext, profile: Profile
     ) -> tuple[BaseModel, AIUsage]:
         schema = SCHEMAS[part]
+        if self._api_key is not None:
+            # The SDK builds each request's Authorization header from this attribute.
+            self._client.api_key = self._api_key()
         try:
             response = await self._client.responses.parse(
                 model=model,

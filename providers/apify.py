@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,15 +15,18 @@ APIFY = "Apify"
 
 
 class ApifyScraper:
-    def __init__(self, client: httpx.AsyncClient, *, token: str, actor: str) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, token: str | Callable[[], str], actor: str
+    ) -> None:
+        """`token`: the API token, or what gives its current value (a rotated secret)."""
         self._client = client
-        self._token = token
+        self._token = token if callable(token) else lambda: token
         self._path = f"/v2/acts/{actor}/run-sync-get-dataset-items"
 
     async def scrape(self, username: str) -> Profile:
         try:
             response = await self._client.post(
-                self._path, params={"token": self._token}, json={"usernames": [username]}
+                self._path, params={"token": self._token()}, json={"usernames": [username]}
             )
         except httpx.TransportError as exc:  # refused, reset, dropped, timed out
             raise ProviderUnavailable(APIFY, f"Apify unreachable: {exc!r}") from exc

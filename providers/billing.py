@@ -25,10 +25,11 @@ class StripeNotConfigured(RuntimeError):
 
 
 def client(settings: Settings) -> stripe.StripeClient:
-    if settings.stripe_api_key is None:
+    api_key = settings.secret("stripe_api_key")  # rotated through Secrets Manager
+    if api_key is None:
         raise StripeNotConfigured("Billing is not configured (STRIPE_API_KEY).")
     return stripe.StripeClient(
-        settings.stripe_api_key.get_secret_value(),
+        api_key.get_secret_value(),
         base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else {},
         http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
         # One retry (with the SDK's own idempotency key): the whole call stays within the

@@ -5,22 +5,18 @@ repairs; drop and purge."""
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import boto3
 import pytest
 
-from cli import stack
 from core.models import Profile
 from providers.cache import S3ProfileCache
 from tests.conftest import Servers, app_client, make_settings
-from tests.helpers import running_worker, start_ok, wait_for
+from tests.helpers import moto_server, running_worker, start_ok, wait_for
 
 BUCKET = "oslira-cache-test"
 PREFIX = "profiles/"
@@ -28,20 +24,9 @@ PREFIX = "profiles/"
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        port = stack.free_port()
-        proc = stack.spawn(
-            [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-            {},
-            Path(tmp) / "moto.log",
-        )
-        try:
-            stack.wait_for_port("127.0.0.1", port, 30, proc)
-            url = f"http://127.0.0.1:{port}"
-            _s3(url).create_bucket(Bucket=BUCKET)
-            yield url
-        finally:
-            stack.stop(proc)
+    with moto_server() as url:
+        _s3(url).create_bucket(Bucket=BUCKET)
+        yield url
 
 
 def _s3(url: str) -> Any:

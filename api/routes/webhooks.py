@@ -57,7 +57,7 @@ async def stripe_webhook(
     is stored once by its id and answered 200; its workflow is started (a repeat delivery
     changes nothing). With Temporal out of reach the answer is still 200 (`queued` false):
     the event is kept, and the `stripe-events` job starts its workflow within minutes."""
-    secret = settings.stripe_webhook_secret
+    secret = settings.secret("stripe_webhook_secret")  # rotated through Secrets Manager
     if secret is None:
         raise Unavailable("Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET).")
     raw = await request.body()
