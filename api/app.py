@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI
+import sentry_sdk
+from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
 from api import errors, openapi
@@ -15,6 +16,7 @@ from api.deps import TemporalHealth
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import (
     analysis,
+    analytics,
     api_keys,
     billing,
     bulk,
@@ -26,7 +28,7 @@ from api.routes import (
     me,
     webhooks,
 )
-from core import temporal
+from core import logs, sentry, temporal
 from core.settings import Settings, load_settings
 from db.pool import create_pool
 from providers.cache import profile_cache
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     settings.require_jwt_secret()
     settings.require_temporal_address()
+    sentry.init(settings, "api")
     dsn = settings.api_dsn
 
     @asynccontextmanager
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Operation ids are the route functions' names: stable, readable in generated clients.
         generate_unique_id_function=lambda route: route.name,
+        dependencies=[Depends(_tag_ids)],
     )
     errors.install(app)
     openapi.install(app, settings)
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (
         me,
         analysis,
+        analytics,
         bulk,
         leads,
         cache,
@@ -104,3 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(cache.statistics_router)
     return app
+
+
+async def _tag_ids(request: Request) -> None:
+    """Tags the request's Sentry scope and log records with the ids in its path (async: in
+    the request's own task, where the log context lives)."""
+    for name in ("run_id", "batch_id", "lead_id"):
+        if name in request.path_params:
+            sentry_sdk.set_tag(name, str(request.path_params[name]))
+            logs.bind(**{name: request.path_params[name]})

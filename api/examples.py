@@ -391,3 +391,23 @@ SUBSCRIPTION: dict[str, Any] = {
     "cancel_at_period_end": False,
     "credits_per_period": 500,
 }
+
+ANALYTICS_SUMMARY: dict[str, Any] = {
+    "from": "2026-10-24T00:00:00Z",
+    "to": "2026-11-23T00:00:00Z",
+    "analyses": 120,
+    "by_status": {"pending": 0, "processing": 1, "complete": 110, "failed": 7, "cancelled": 2},
+    "by_tier": {
+        "light": {"pending": 0, "processing": 0, "complete": 80, "failed": 5, "cancelled": 1},
+        "deep": {"pending": 0, "processing": 1, "complete": 25, "failed": 2, "cancelled": 1},
+        "xray": {"pending": 0, "processing": 0, "complete": 5, "failed": 0, "cancelled": 0},
+    },
+    "credits": {"spent": 193, "refunded": 12, "net": 181},
+    "provider_cost": {"apify_usd": 0.2024, "ai_usd": 0.1432, "total_usd": 0.3456},
+    "step_durations": {
+        "scrape_profile": {"count": 88, "p50_ms": 1830.0, "p95_ms": 4210.5},
+        "analyze_profile": {"count": 110, "p50_ms": 2410.2, "p95_ms": 6120.0},
+    },
+    "cache": {"complete_runs": 110, "hits": 22, "hit_rate": 0.2},
+    "errors": {"profile_not_found": 4, "provider_unavailable": 3, "run_cancelled": 2},
+}

@@ -722,3 +722,50 @@ class CacheStatisticsOut(BaseModel):
     total_bytes: int
     age_distribution: list[AgeBucketOut]
     account: AccountCacheOut = Field(description="This account's own runs")
+
+
+class TierCounts(BaseModel):
+    pending: int = 0
+    processing: int = 0
+    complete: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class CreditTotals(BaseModel):
+    spent: int = Field(description="Credits charged in the window (runs and batches)")
+    refunded: int = Field(description="Credits given back in the window")
+    net: int
+
+
+class ProviderCost(BaseModel):
+    apify_usd: float
+    ai_usd: float
+    total_usd: float
+
+
+class StepDuration(BaseModel):
+    count: int = Field(description="Runs in which the step ran")
+    p50_ms: float
+    p95_ms: float
+
+
+class CacheUse(BaseModel):
+    complete_runs: int
+    hits: int = Field(description="Complete runs that used a cached profile (no scrape)")
+    hit_rate: float | None = Field(description="hits / complete_runs; None without runs")
+
+
+class AnalyticsSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.ANALYTICS_SUMMARY]})
+
+    start: datetime = Field(serialization_alias="from")
+    end: datetime = Field(serialization_alias="to")
+    analyses: int = Field(description="Runs requested in the window")
+    by_status: dict[RunStatus, int]
+    by_tier: dict[Tier, TierCounts]
+    credits: CreditTotals
+    provider_cost: ProviderCost = Field(description="What the complete runs cost in providers")
+    step_durations: dict[str, StepDuration] = Field(description="By step name")
+    cache: CacheUse
+    errors: dict[str, int] = Field(description="Failed or cancelled runs by error code")
