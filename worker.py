@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import openai
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker import Interceptor, UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.ai import AIActivities
 from activities.batches import BatchActivities
@@ -29,8 +29,10 @@ from activities.maintenance import MaintenanceActivities
 from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
 from activities.slots import ProviderSlots
-from core import temporal
+from core import sentry, temporal
+from core.logs import LogContext
 from core.rules import RulesAnalyzer
+from core.sentry import SentryInterceptor
 from core.settings import Settings
 from db.circuits import Reporter
 from db.pool import create_pool
@@ -159,8 +161,17 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             activities.append(scrape.scrape_profile)
         # The sandbox re-imports each workflow's module for every new run: the largest share
         # of a worker's CPU per analysis. Replay tests guard determinism either way.
+        interceptors: list[Interceptor] = [LogContext()]
+        if sentry.init(settings, "worker"):
+            interceptors.append(SentryInterceptor())
         runner: WorkflowRunner = (
-            SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+            # Sentry reports a workflow's failure from inside it (core.sentry): its modules
+            # are used as they are, not re-imported in the sandbox.
+            SandboxedWorkflowRunner(
+                restrictions=SandboxRestrictions.default.with_passthrough_modules("sentry_sdk")
+            )
+            if settings.workflow_sandbox
+            else UnsandboxedWorkflowRunner()
         )
         workers = [
             Worker(
@@ -170,6 +181,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                 activities=activities,
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 workflow_runner=runner,
+                interceptors=interceptors,
             )
         ]
         if separate_scrape_queue:
@@ -179,6 +191,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
                     task_queue=settings.scrape_queue,
                     activities=[scrape.scrape_profile],
                     graceful_shutdown_timeout=timedelta(seconds=10),
+                    interceptors=interceptors,
                 )
             )
         yield workers

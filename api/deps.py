@@ -15,12 +15,14 @@ from typing import Annotated
 from uuid import UUID
 
 import asyncpg
+import sentry_sdk
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from api import ratelimit
 from api.errors import Forbidden, Invalid, Unauthorized
+from core import logs
 from core.auth import InvalidToken, Principal, verify_token
 from core.settings import Settings
 from db import accounts
@@ -172,6 +174,8 @@ async def tenant(
         scope = await _scope(conn, pool, caller, x_account_id)
         scope.rate_limits = verdicts
         await ratelimit.check(conn, settings, scope.account_id, "requests", 1, verdicts)
+    sentry_sdk.set_tag("account_id", str(scope.account_id))
+    logs.bind(account_id=scope.account_id)
     return scope
 
 

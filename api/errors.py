@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import sentry_sdk
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -306,4 +307,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"request_id": request_id(request)})
+        # Reported here: this handler answers, so the error never reaches Sentry's own hook.
+        sentry_sdk.capture_exception(exc)
         return _envelope(request, 500, "internal_error", ApiError.message)

@@ -10,12 +10,14 @@ import logging
 import time
 import uuid
 
+import sentry_sdk
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import ratelimit
 from api.errors import error_response
+from core import logs
 from core.auth import InvalidToken, Principal, is_api_key, verify_token
 from core.settings import Settings
 from db import api_keys
@@ -40,6 +42,8 @@ class RequestContextMiddleware:
         given = Headers(scope=scope).get("x-request-id")
         request_id = given if given and len(given) <= 128 else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        # On this request's own scope (Sentry's ASGI integration opens one per request).
+        sentry_sdk.set_tag("request_id", request_id)
         status = 500  # what the client gets if the app fails before answering
 
         async def send_with_id(message: Message) -> None:
@@ -53,19 +57,25 @@ class RequestContextMiddleware:
                 )
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            query = scope.get("query_string", b"").decode("latin-1")
-            access_log.info(
-                "%s %s%s %d %.1fms request_id=%s",
-                scope["method"],
-                scope["path"],
-                f"?{query}" if query else "",
-                status,
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
+        # Log records of this request carry its id (and what routes bind: its account, ids).
+        with logs.bound(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                self._access(scope, status, started, request_id)
+
+    @staticmethod
+    def _access(scope: Scope, status: int, started: float, request_id: str) -> None:
+        query = scope.get("query_string", b"").decode("latin-1")
+        access_log.info(
+            "%s %s%s %d %.1fms request_id=%s",
+            scope["method"],
+            scope["path"],
+            f"?{query}" if query else "",
+            status,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
 
 
 # /api paths that take no bearer token: what reads no account's data, and Stripe's

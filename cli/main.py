@@ -41,7 +41,7 @@ app.add_typer(webhooks_app, name="webhooks")
 def _logging(verbose: bool = False) -> None:
     from core import logs
 
-    logs.configure(verbose)
+    logs.configure(verbose, "text" if os.environ.get("LOG_FORMAT") == "text" else "json")
 
 
 @app.command()
@@ -49,6 +49,8 @@ def dev() -> None:
     """Start the whole stack on this machine (what `make run` runs)."""
     from cli.dev import run_dev
 
+    # Lines for people, in this process and the ones it starts, unless told otherwise.
+    os.environ.setdefault("LOG_FORMAT", "text")
     _logging()
     raise typer.Exit(run_dev())
 
@@ -97,7 +99,7 @@ def api(
         workers=processes,
         host=host or settings.api_host,
         port=port or settings.api_port,
-        log_config=logs.dict_config(),
+        log_config=logs.dict_config(log_format=settings.log_format),
         access_log=False,  # api.middleware writes one line per request, with its id
     )
 

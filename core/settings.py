@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "production"] = "development"
+    # One JSON object per log line (core.logs); `oslira dev` uses text unless told otherwise.
+    log_format: Literal["json", "text"] = "json"
     oslira_home: Path = Path(".oslira")
 
     # Database. DATABASE_URL is the owner (migrations, admin); the API and the workers

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -9,6 +12,13 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RetryConfig
 
 from core.settings import Settings
@@ -42,6 +52,21 @@ async def connect(settings: Settings, *, lazy: bool = False, patience: float = 1
         data_converter=pydantic_data_converter,
         lazy=lazy,
         retry_config=RetryConfig(max_elapsed_time_millis=int(patience * 1000)),
+        runtime=runtime(),
+    )
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """The SDK's native runtime, one per process: its core's own log lines (warnings and
+    up) go through Python logging (`temporalio.core`), so they come out as JSON like ours."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            )
+        )
     )
 
 

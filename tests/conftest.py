@@ -142,14 +142,19 @@ async def api(settings: Settings, worker: None) -> AsyncIterator[httpx.AsyncClie
 class app_client:
     """An httpx client for an app instance, with its lifespan running."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, raise_app_exceptions: bool = True) -> None:
+        """`raise_app_exceptions=False`: an unhandled error answers 500, as a server would,
+        instead of raising in the test."""
         self.app = create_app(settings)
+        self._raise = raise_app_exceptions
 
     async def __aenter__(self) -> httpx.AsyncClient:
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://api.test", timeout=30
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=self._raise),
+            base_url="http://api.test",
+            timeout=30,
         )
         return self._client
 

@@ -1,10 +1,12 @@
 """A worker's log, as an operator reads it: one line per expected outcome (a profile not
 found, a provider's 503 that is retried, a cancellation), each naming its run; no
-tracebacks, which are kept for our own bugs."""
+tracebacks, which are kept for our own bugs. In JSON (the default), every line is one JSON
+object carrying the run's ids."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from pathlib import Path
 from uuid import uuid4
@@ -23,7 +25,8 @@ async def test_worker_logs_expected_outcomes_in_one_line_each(servers, new_accou
     tag = uuid4().hex[:6]
     with tempfile.TemporaryDirectory() as home:
         log = Path(home) / "worker.log"
-        worker = stack.spawn(stack.oslira_command("worker"), process_env(settings, home), log)
+        env = process_env(settings, home) | {"LOG_FORMAT": "text"}
+        worker = stack.spawn(stack.oslira_command("worker"), env, log)
         try:
             async with app_client(settings) as api:
                 account = await new_account()
@@ -53,3 +56,34 @@ async def test_worker_logs_expected_outcomes_in_one_line_each(servers, new_accou
         assert all("WARNING" in line and "Apify answered 503" in line for line in retried)
         (cancelled,) = _lines_about(log, slow)
         assert "CancelledError" in cancelled
+
+
+async def test_json_log_lines_carry_the_runs_ids(servers, new_account):
+    settings = make_settings(servers, task_queue=f"json-{uuid4().hex[:8]}")
+    tag = uuid4().hex[:6]
+    with tempfile.TemporaryDirectory() as home:
+        log = Path(home) / "worker.log"
+        env = process_env(settings, home) | {"LOG_FORMAT": "json"}
+        worker = stack.spawn(stack.oslira_command("worker"), env, log)
+        try:
+            async with app_client(settings) as api:
+                account = await new_account()
+                missing = await start_ok(api, account, f"notfound_{tag}")
+                flaky = await start_ok(api, account, f"flaky_{tag}")
+                for run in (missing, flaky):
+                    await wait_for(api, account, run, timeout=60)
+        finally:
+            await asyncio.to_thread(stack.stop, worker)
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    about = {run: [r for r in records if r.get("run_id") == run] for run in (missing, flaky)}
+    (not_found,) = [r for r in about[missing] if "ProfileNotFound" in r["message"]]
+    assert not_found["account_id"] == str(account.account_id)
+    assert not_found["workflow_id"] == f"analysis-{missing}"
+    assert not_found["activity_type"] == "scrape_profile" and not_found["activity_id"]
+    assert not_found["level"] == "INFO"
+    retried = [r for r in about[flaky] if "Apify answered 503" in r["message"]]
+    assert [r["level"] for r in retried] == ["WARNING", "WARNING"]
+    assert all(r["account_id"] == str(account.account_id) for r in retried)
