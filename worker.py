@@ -115,7 +115,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
         compensation = CompensationActivities(pool)
         profile_cache = make_profile_cache(settings, pool)
         cache = CacheActivities(profile_cache, pool, settings)
-        scrape = ScrapeActivities(scraper, profile_cache, slots, settings)
+        scrape = ScrapeActivities(scraper, profile_cache, slots, settings, pool)
         circuits = Reporter(pool, slots.worker)
         stack.push_async_callback(circuits.close)
         analyzer = BreakingAnalyzer(
@@ -130,7 +130,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             on_change=circuits,
         )
         rules = RulesAnalyzer() if settings.ai_fallback == "rules" else None
-        ai = AIActivities(analyzer, slots, settings, rules)
+        ai = AIActivities(analyzer, slots, settings, rules, pool)
         results = ResultActivities(pool)
         batch = BatchActivities(pool, settings)
         maintenance = MaintenanceActivities(pool, client, settings, profile_cache)

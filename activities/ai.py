@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import asyncpg
 from temporalio import activity
 
 from activities.common import (
     attempt,
     done_since,
+    note_progress,
     now,
     provider_call,
     provider_failed,
@@ -37,16 +39,19 @@ class AIActivities:
         slots: ProviderSlots,
         settings: Settings,
         rules: RulesAnalyzer | None = None,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         self._analyzer = analyzer
         self._slots = slots
         self._settings = settings
         self._rules = rules
+        self._pool = pool  # for noting the step's start (note_progress)
 
     @activity.defn
     @step_activity
     async def analyze_profile(self, input: AIInput) -> AIOutput:
         """The step's outcome is kept by the commit step, with the others."""
+        await note_progress(self._pool, input.progress)
         started = now()
         tried = attempt(input.attempts_before)
         try:

@@ -48,15 +48,13 @@ class SubscriptionSync:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: stripe.StripeClient | None = None
 
     def _stripe(self) -> stripe.StripeClient:
-        if self._client is None:
-            try:
-                self._client = stripe_api.client(self._settings)
-            except stripe_api.StripeNotConfigured as exc:
-                raise UnusableEvent(str(exc)) from None
-        return self._client
+        """The client for the current key (a rotated key is used from its first call)."""
+        try:
+            return stripe_api.client(self._settings)
+        except stripe_api.StripeNotConfigured as exc:
+            raise UnusableEvent(str(exc)) from None
 
     async def _call(self, what: Any) -> Any:
         try:

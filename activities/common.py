@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -22,10 +23,13 @@ from core.errors import (
     internal_error,
     provider_unavailable,
 )
-from core.progress import StepDone
+from core.progress import Progress, StepDone
+from db import analyses
 from db.errors import UNAVAILABLE
+from db.pool import connection
 from providers.errors import ProfileNotFound, ProfilePrivate, ProviderError, ProviderUnavailable
 
+NOTE_WITHIN = 1.0  # seconds a provider step may spend noting its start
 HEARTBEAT_AFTER = 0.25  # seconds
 HEARTBEAT_EVERY = 1.0  # seconds
 
@@ -128,3 +132,16 @@ async def provider_call() -> AsyncIterator[None]:
         yield
     finally:
         beating.cancel()
+
+
+async def note_progress(pool: asyncpg.Pool | None, progress: Progress | None) -> None:
+    """Notes a provider step's start on the run's row, so the database (and the event
+    streams it announces to) see it; best-effort and brief (at most NOTE_WITHIN): a paid
+    call never waits on, or fails for, the database."""
+    if pool is None or progress is None:
+        return
+    try:
+        async with asyncio.timeout(NOTE_WITHIN), connection(pool, timeout=NOTE_WITHIN) as conn:
+            await analyses.save_progress(conn, progress)
+    except Exception as exc:
+        activity.logger.debug("progress not noted (%r): the next step writes it", exc)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from temporalio import activity
 
 from activities.common import (
     attempt,
     done_since,
     expected,
+    note_progress,
     now,
     provider_call,
     provider_failed,
@@ -38,17 +40,20 @@ class ScrapeActivities:
         cache: ProfileCache,
         slots: ProviderSlots,
         settings: Settings,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         self._scraper = scraper
         self._cache = cache
         self._slots = slots
         self._settings = settings
+        self._pool = pool  # for noting the step's start (note_progress)
 
     @activity.defn
     @step_activity
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
         tried = attempt(input.attempts_before)
+        await note_progress(self._pool, input.progress)
         async with provider_call():  # heartbeats while it waits for a slot, scrapes, stores
             async with self._slots.hold(APIFY, input.run_id, input.turn):
                 profile = await self._scrape(input.username, tried)

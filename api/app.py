@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from api import errors, openapi
 from api.deps import TemporalHealth
+from api.events import ProgressHub
 from api.middleware import RequestContextMiddleware, RequestGateMiddleware
 from api.routes import (
     analysis,
@@ -71,9 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.temporal_health = TemporalHealth()
         app.state.profile_cache = profile_cache(settings, app.state.pool)
+        app.state.progress_hub = ProgressHub(dsn)
+        await app.state.progress_hub.start()
         try:
             yield
         finally:
+            await app.state.progress_hub.close()
             await app.state.pool.close()
 
     # Swagger UI and ReDoc served from the installed package, not a CDN: /docs works offline.

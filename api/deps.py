@@ -172,10 +172,10 @@ async def tenant(
     setattr(request.state, ratelimit.STATE_KEY, verdicts)  # the middleware reads them
     async with connection(pool) as conn:
         scope = await _scope(conn, pool, caller, x_account_id)
+        sentry_sdk.set_tag("account_id", str(scope.account_id))
+        logs.bind(account_id=scope.account_id)  # a refusal for the rate limit carries it too
         scope.rate_limits = verdicts
         await ratelimit.check(conn, settings, scope.account_id, "requests", 1, verdicts)
-    sentry_sdk.set_tag("account_id", str(scope.account_id))
-    logs.bind(account_id=scope.account_id)
     return scope
 
 

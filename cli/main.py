@@ -101,6 +101,9 @@ def api(
         port=port or settings.api_port,
         log_config=logs.dict_config(log_format=settings.log_format),
         access_log=False,  # api.middleware writes one line per request, with its id
+        # Event streams stay open until their run ends: at shutdown they are cut after this
+        # (clients reconnect with Last-Event-ID to another process).
+        timeout_graceful_shutdown=10,
     )
 
 

@@ -139,6 +139,7 @@ def dict_config(verbose: bool = False, log_format: LogFormat = "json") -> dict[s
                     *_STANDARD_ATTRIBUTES,
                     "temporal_activity",
                     "temporal_workflow",
+                    "temporal_log",  # a forwarded core line: its message says it all
                 ],
                 "timestamp": False,
             },

@@ -184,6 +184,9 @@ class ScrapeInput(BaseModel):
     turn: Turn | None = None  # None: scheduled by a version before turns (no account known)
     # Tries of earlier executions, ended by the provider's failures (the workflow's count).
     attempts_before: int = 0
+    # The workflow's document, this step running: noted on the run's row, best-effort, so
+    # the database (and the event streams) see the step start. None: an older workflow.
+    progress: Progress | None = None
 
 
 class ScrapeOutput(BaseModel):
@@ -206,6 +209,7 @@ class AIInput(BaseModel):
     # The step's provider budget ends with this try: if the provider fails it, the
     # rule-based fallback answers (when configured) rather than the run failing.
     last_try: bool = False
+    progress: Progress | None = None  # as ScrapeInput's
 
 
 class AIOutput(BaseModel):

@@ -12,8 +12,8 @@ Manager).
 - Secrets never leave: sentry-sdk's EventScrubber removes the usual names (authorization,
   cookie, token, api_key, ...), recursively, with ours added; values that look like a
   bearer token, a Stripe key or webhook secret, an OpenAI key or a JWT are replaced
-  wherever they appear, messages included; header pairs of ASGI scopes in frame variables
-  too. Personal data (IPs, cookies, bodies) is not collected (sentry-sdk's default).
+  wherever they appear, messages included (credentials in URLs, Apify tokens too). Frames
+  go without their variables, and request bodies are never sent.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from temporalio.worker import (
 
 with workflow.unsafe.imports_passed_through():  # the workflow interceptor uses it
     import sentry_sdk
+    from sentry_sdk.integrations.logging import LoggingIntegration
     from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
 from core.errors import ErrorCode, type_for
@@ -60,6 +61,9 @@ _DENIED = frozenset(name.lower().replace("-", "_") for name in DENYLIST)
 # secrets, OpenAI keys, our API keys, JWTs.
 SECRET_VALUES = re.compile(
     r"(?i)bearer\s+[\w\-.~+/=]+"
+    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)"  # credentials in a URL (a database URL)
+    r"|(?<=[?&]token=)[^&\s'\"]+"  # Apify's token in a query string
+    r"|\bapify_api_\w+"
     r"|\b(?:sk|rk|pk)_(?:test|live)_[\w]+"
     r"|\bwhsec_[\w]+"
     r"|\bsk-[\w\-]{8,}"
@@ -85,6 +89,13 @@ def init(settings: Settings, component: str) -> bool:
         event_scrubber=EventScrubber(denylist=DENYLIST, recursive=True),
         before_send=_scrub_values,
         traces_sample_rate=0,
+        # Frames' variables hold settings, connection parameters and request objects, which
+        # no name-based scrubbing can be trusted with: tracebacks go without them.
+        include_local_variables=False,
+        max_request_body_size="never",  # bodies (Stripe's events among them) stay here
+        # Log records become breadcrumbs, never events: what is reported is decided above
+        # (an outage logged once per request must not flood Sentry).
+        integrations=[LoggingIntegration(event_level=None)],
     )
     sentry_sdk.set_tag("component", component)
     return True
@@ -170,7 +181,13 @@ class _WorkflowReporter(WorkflowInboundInterceptor):
         try:
             return await super().execute_workflow(input)
         except Exception as exc:
-            if not workflow.unsafe.is_replaying() and reported(exc):
+            # A workflow's own failure (the run ends failed), not a bug failing its task:
+            # Temporal retries such a task, and each retry would report again.
+            if (
+                isinstance(exc, FailureError)
+                and not workflow.unsafe.is_replaying()
+                and reported(exc)
+            ):
                 _report_workflow_failure(exc, input)
             raise
 

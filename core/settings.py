@@ -282,6 +282,8 @@ class Settings(BaseSettings):
     # How long the API then treats the server as down: starts answer 503, progress reads
     # the database, without trying.
     temporal_unreachable_backoff_seconds: float = 10.0
+    # How often an event stream with nothing new sends a keep-alive comment (and re-reads).
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     # The longest the API waits for a database connection before it answers 503.
     db_connect_timeout_seconds: float = 2.0
 

@@ -7,6 +7,7 @@ account, a plan and a paid period (DESIGN.md section 8).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,13 +26,22 @@ class StripeNotConfigured(RuntimeError):
 
 
 def client(settings: Settings) -> stripe.StripeClient:
-    api_key = settings.secret("stripe_api_key")  # rotated through Secrets Manager
+    """The SDK client for the current key: a key rotated in Secrets Manager gets its own
+    client at its first use (clients are kept per key, so calls share connections)."""
+    api_key = settings.secret("stripe_api_key")
     if api_key is None:
         raise StripeNotConfigured("Billing is not configured (STRIPE_API_KEY).")
+    return _client_for(
+        api_key.get_secret_value(), settings.stripe_api_base, settings.stripe_timeout_seconds
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(api_key: str, api_base: str | None, timeout: float) -> stripe.StripeClient:
     return stripe.StripeClient(
-        api_key.get_secret_value(),
-        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else {},
-        http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
+        api_key,
+        base_addresses={"api": api_base} if api_base else {},
+        http_client=stripe.HTTPXClient(timeout=timeout),
         # One retry (with the SDK's own idempotency key): the whole call stays within the
         # API's patience and the webhook activity's time.
         max_network_retries=1,

@@ -91,8 +91,8 @@ class PostgresProfileCache:
             await sql.put(conn, cache_key(profile.username), data, size)
 
     async def check(self) -> None:
-        async with connection(self._pool) as conn:
-            await conn.fetchval("SELECT 1 FROM profile_cache LIMIT 1")
+        async with connection(self._pool, timeout=1) as conn:
+            await conn.fetchval("SELECT 1 FROM profile_cache LIMIT 1", timeout=1)
 
     async def drop(self, username: str) -> bool:
         async with connection(self._pool) as conn:

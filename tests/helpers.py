@@ -262,9 +262,9 @@ async def run_job(client: Client, settings: Settings, name: str, record: str | N
 
 
 class TcpProxy:
-    """Forwards local connections to `host:port` until `hang()`: then every connection is
-    dropped and new ones are accepted but never answered (a host that stopped responding,
-    the slowest way for a dependency to be down)."""
+    """Forwards local connections to `host:port` until `hang()`: then nothing more gets
+    through, on open connections or new ones, and nothing is closed (a host that stopped
+    responding, the slowest way for a dependency to be down)."""
 
     def __init__(self, host: str, port: int) -> None:
         """`host` may be a Unix socket directory (as libpq's `host=`): then the target is
@@ -284,9 +284,14 @@ class TcpProxy:
         assert self._server is not None
         self._server.close()
         self.hang()
+        self._close_all()
 
     def hang(self) -> None:
+        """From now on nothing gets through, either way, on open connections or new ones;
+        no connection is closed (a peer that stopped answering, not one that went away)."""
         self._hanging = True
+
+    def _close_all(self) -> None:
         for writer in list(self._writers):
             writer.close()
 
@@ -308,6 +313,8 @@ class TcpProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    if self._hanging:
+                        continue  # swallowed
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):

@@ -217,9 +217,11 @@ async def test_runs_store_engagement_on_the_lead_and_results_fit_their_schema(ap
     account = await new_account(credits_granted=20)
     first = f"engaged_{uuid4().hex[:6]}"
     second = f"engaged_{uuid4().hex[:6]}"
-    runs = [await start_ok(api, account, name, "deep") for name in (first, second)]
-    for run_id in runs:
+    runs = []
+    for name in (first, second):  # one after the other: the first caches the prefix
+        run_id = await start_ok(api, account, name, "deep")
         assert (await wait_for(api, account, run_id))["status"] == "complete"
+        runs.append(run_id)
     results = [
         (await api.get(f"/api/analysis/{r}/result", headers=account.headers)).json() for r in runs
     ]

@@ -105,3 +105,7 @@ async def test_a_bad_window_is_refused_naming_the_field_and_an_empty_one_holds_n
         headers=account.headers,
     )
     assert inverted.status_code == 200 and inverted.json()["analyses"] == 0
+    earliest = await api.get(
+        "/api/analytics/summary", params={"to": "0001-01-05T00:00:00Z"}, headers=account.headers
+    )
+    assert earliest.status_code == 200 and earliest.json()["analyses"] == 0

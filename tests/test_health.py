@@ -27,9 +27,9 @@ from providers.errors import ProviderUnavailable
 from tests.conftest import Servers, app_client, make_settings
 from tests.helpers import TcpProxy, running_worker
 
-# Every check's deadline is 0.8 s; this bounds the whole answer with room for a slow machine
-# (the bench, not this test, measures how fast it is).
-PROMPT = 1.5
+# Every check's deadline is 0.7 s; the whole answer within a second, with a little room for
+# a loaded machine.
+PROMPT = 1.2
 
 
 def _database_target(url: str) -> tuple[str, int]:
@@ -123,7 +123,7 @@ async def test_health_names_each_component_that_is_not_ok(
                 assert (code, body["status"]) == (200, "degraded")
                 circuit = body["components"]["ai_circuits"]
                 assert circuit["status"] == "degraded"
-                assert "openai:gpt-5-nano on health-test@" in circuit["detail"]
+                assert "openai:gpt-5-nano" in circuit["detail"]
             finally:
                 await system_pool.execute(
                     "DELETE FROM provider_circuits WHERE worker LIKE 'health-test@%'"

@@ -28,6 +28,9 @@ OPENAI_KEY = "sk-proj-" + "s3cr3t" * 6
 STRIPE_KEY = "sk_test_" + "x" * 24
 API_KEY = "osk_" + uuid4().hex
 COOKIE = "session=" + uuid4().hex  # built, so the test's own source (sent as context) lacks it
+PASSWORD = uuid4().hex
+DATABASE_URL = f"postgresql://oslira:{PASSWORD}@db.internal:5432/oslira"
+APIFY_TOKEN = "apify_api_" + uuid4().hex
 
 
 class Envelopes:
@@ -89,7 +92,10 @@ async def test_an_api_error_arrives_tagged_and_without_secrets(servers, sentry, 
         # A route that fails as a bug would, with secrets in its message and its locals.
         async def explode(run_id: str, scope: Tenant) -> None:
             api_key = STRIPE_KEY  # noqa: F841 (a local Sentry would show)
-            raise RuntimeError(f"cannot charge with {STRIPE_KEY} for Bearer {account.token}")
+            raise RuntimeError(
+                f"cannot charge with {STRIPE_KEY} for Bearer {account.token} "
+                f"(database {DATABASE_URL}, scrape https://api.apify.com/x?token={APIFY_TOKEN})"
+            )
 
         instance.app.add_api_route("/api/explode/{run_id}", explode)
         response = await api.get(
@@ -108,7 +114,7 @@ async def test_an_api_error_arrives_tagged_and_without_secrets(servers, sentry, 
     assert tags["account_id"] == str(account.account_id)
     assert tags["run_id"] == run_id
     assert tags["component"] == "api"
-    for secret in (STRIPE_KEY, account.token, JWT_SECRET, API_KEY, COOKIE):
+    for secret in (STRIPE_KEY, account.token, JWT_SECRET, API_KEY, COOKIE, PASSWORD, APIFY_TOKEN):
         assert secret not in sent
 
 
@@ -131,6 +137,7 @@ async def test_a_failed_run_reports_its_activity_and_workflow_once_and_never_on_
         quiet = await start_ok(api, account, f"notfound_{uuid4().hex[:6]}", "light")
         assert (await wait_for(api, account, quiet))["status"] == "failed"
     sent = sentry.everything()
+    assert len(sentry.events) == 2, sentry.events  # once each, nothing for the not-found run
     by_source = {
         _tags(e).get("temporal.activity") or _tags(e).get("temporal.workflow"): e
         for e in sentry.events

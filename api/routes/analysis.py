@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator
 
-from api import examples, runs
+from api import events, examples, runs
 from api.deps import SettingsDep, Temporal, TemporalState, Tenant
 from api.errors import Conflict, NotFound, error_example, responses
 from api.pagination import Paging
@@ -27,6 +29,7 @@ from api.schemas import (
     instagram_handle,
 )
 from core.progress import Progress, RunStatus
+from core.settings import Settings
 from core.tiers import Tier
 from db import analyses, leads
 
@@ -211,6 +214,114 @@ async def get_progress(
         if live is not None:
             return _progress_response(live, row, "workflow")
     return _progress_response(analyses.progress_of(row), row, "database")
+
+
+SSE_EXAMPLE = (
+    "retry: 2000\n\n"
+    'id: 3\nevent: progress\ndata: {"run_id": "...", "status": "processing", '
+    '"progress": 30, ...}\n\n'
+    ": keep-alive\n\n"
+    'id: 9\nevent: progress\ndata: {"run_id": "...", "status": "complete", '
+    '"progress": 100, ...}\n\n'
+    'event: end\ndata: {"id": 9}\n\n'
+)
+
+
+def event_stream_response(description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description,
+            "content": {
+                "text/event-stream": {
+                    # Each event, as an EventSource client sees it.
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string", "description": "Resume after it"},
+                            "event": {"type": "string", "enum": ["progress", "end"]},
+                            "data": {"type": "string", "description": "A JSON document"},
+                            "retry": {"type": "integer"},
+                        },
+                    },
+                    "example": SSE_EXAMPLE,
+                }
+            },
+        }
+    }
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        description="Resume after this event id (browsers send it when they reconnect); "
+        "an id this stream never sent is ignored",
+    ),
+]
+
+
+def event_id(header: str | None) -> int | None:
+    try:
+        return int(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+@router.get(
+    "/api/analysis/{run_id}/events",
+    response_class=StreamingResponse,
+    summary="Follow a run as Server-Sent Events, until it ends",
+    responses=event_stream_response(
+        "`progress` events (the progress document, as GET .../progress answers it) at every "
+        "change, with the progress version as id; `: keep-alive` comments meanwhile; an "
+        "`end` event once the run is complete, failed or cancelled, and the stream closes"
+    )
+    | responses(404, e404=_RUN_NOT_FOUND),
+)
+async def run_events(
+    run_id: RunId,
+    scope: Tenant,
+    request: Request,
+    settings: SettingsDep,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """Works with `curl -N`. Each change reaches the stream through one database listener per
+    API process (PostgreSQL LISTEN/NOTIFY), not a poll per client."""
+    await _run(scope, run_id)  # another tenant's run answers 404 before the stream starts
+
+    async def read() -> events.Snapshot:
+        row = await _run(scope, run_id)
+        document = analyses.progress_of(row)
+        body = _progress_response(document, row, "database")
+        return events.Snapshot(
+            event_id=document.version,
+            data=body.model_dump_json(),
+            terminal=RunStatus(row["status"]).terminal,
+        )
+
+    return events_response(request, settings, f"run:{run_id}", read, last_event_id)
+
+
+def events_response(
+    request: Request,
+    settings: Settings,
+    key: str,
+    read: Callable[[], Awaitable[events.Snapshot]],
+    last_event_id: str | None,
+) -> StreamingResponse:
+    return StreamingResponse(
+        events.stream(
+            request.app.state.progress_hub,
+            key,
+            read,
+            last_event_id=event_id(last_event_id),
+            keepalive_seconds=settings.sse_keepalive_seconds,
+            disconnected=request.is_disconnected,
+        ),
+        media_type="text/event-stream",
+        # Proxies must pass events on as they come, not buffer them.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post(

@@ -25,6 +25,7 @@ from db import analytics
 router = APIRouter(tags=["analytics"])
 
 DEFAULT_WINDOW = timedelta(days=30)
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + DEFAULT_WINDOW
 
 
 @router.get(
@@ -49,7 +50,7 @@ async def analytics_summary(
     code over the runs that failed or were cancelled. Times without a zone are UTC; a window
     that ends before it starts holds nothing."""
     end = _utc(end) if end else datetime.now(UTC)
-    start = _utc(start) if start else end - DEFAULT_WINDOW
+    start = _utc(start) if start else max(end, _EARLIEST) - DEFAULT_WINDOW
     async with scope.transaction() as conn:
         counts = await analytics.runs_by_tier_and_status(conn, start, end)
         spent, refunded = await analytics.credits(conn, start, end)

@@ -53,14 +53,11 @@ _IDEMPOTENCY_KEY = Header(
 
 
 def _stripe(request: Request, settings: Settings) -> stripe.StripeClient:
-    """One SDK client per API process."""
-    existing: stripe.StripeClient | None = getattr(request.app.state, "stripe", None)
-    if existing is None:
-        try:
-            existing = request.app.state.stripe = stripe_api.client(settings)
-        except stripe_api.StripeNotConfigured as exc:
-            raise Unavailable(str(exc), code="billing_unavailable") from None
-    return existing
+    """The SDK client for the current key (kept per key by providers.billing)."""
+    try:
+        return stripe_api.client(settings)
+    except stripe_api.StripeNotConfigured as exc:
+        raise Unavailable(str(exc), code="billing_unavailable") from None
 
 
 async def _call(what: Callable[[], Awaitable[T]]) -> T:

@@ -8,13 +8,15 @@ from typing import Annotated
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Header, Path, Query, status
+from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi.responses import StreamingResponse
 
 from api import batches as batch_api
-from api import examples
+from api import events, examples
 from api.deps import SettingsDep, Temporal, TemporalState, Tenant
 from api.errors import Conflict, NotFound, error_example, responses
 from api.pagination import Paging
+from api.routes.analysis import LastEventId, event_stream_response, events_response
 from api.schemas import (
     BatchAccepted,
     BatchCancelResponse,
@@ -227,6 +229,45 @@ async def get_batch_progress(batch_id: BatchId, scope: Tenant) -> BatchProgress:
         items_per_second=rate,
         eta=eta,
     )
+
+
+# A batch's event id grows with how far it got: items ended, then its status.
+_STATUS_RANK = {"pending": 0, "running": 1, "complete": 2, "cancelled": 3, "failed": 4}
+_TERMINAL = frozenset({"complete", "cancelled", "failed"})
+
+
+@router.get(
+    "/{batch_id}/events",
+    response_class=StreamingResponse,
+    summary="Follow a batch as Server-Sent Events, until it ends",
+    responses=event_stream_response(
+        "`progress` events (the batch's progress, as GET .../progress answers it) whenever "
+        "items end or the batch's status changes; `: keep-alive` comments meanwhile; an "
+        "`end` event once the batch is complete, cancelled or failed"
+    )
+    | responses(404, e404=_BATCH_NOT_FOUND),
+)
+async def batch_events(
+    batch_id: BatchId,
+    scope: Tenant,
+    request: Request,
+    settings: SettingsDep,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """Works with `curl -N`; one database listener per API process wakes every stream."""
+    await get_batch_progress(batch_id, scope)  # another tenant's batch: 404, before streaming
+
+    async def read() -> events.Snapshot:
+        progress = await get_batch_progress(batch_id, scope)
+        counts = progress.counts
+        ended = counts.complete + counts.failed + counts.cancelled
+        return events.Snapshot(
+            event_id=ended * len(_STATUS_RANK) + _STATUS_RANK[progress.status],
+            data=progress.model_dump_json(),
+            terminal=progress.status in _TERMINAL,
+        )
+
+    return events_response(request, settings, f"batch:{batch_id}", read, last_event_id)
 
 
 @router.get(
