@@ -29,7 +29,8 @@ from activities.maintenance import MaintenanceActivities
 from activities.results import ResultActivities
 from activities.scrape import ScrapeActivities
 from activities.slots import ProviderSlots
-from core import sentry, temporal
+from cli.stack import free_port
+from core import metrics, sentry, temporal
 from core.logs import LogContext
 from core.rules import RulesAnalyzer
 from core.sentry import SentryInterceptor
@@ -76,13 +77,29 @@ def current(settings: Settings, field: str) -> str:
 
 
 @asynccontextmanager
-async def build_workers(settings: Settings, client: Client) -> AsyncIterator[list[Worker]]:
-    """Workers for the analysis queue (and the scrape queue when it is a separate one)."""
+async def build_workers(
+    settings: Settings, client: Client, sdk_metrics_url: str | None = None
+) -> AsyncIterator[list[Worker]]:
+    """Workers for the analysis queue (and the scrape queue when it is a separate one), and
+    their /metrics when WORKER_METRICS_PORT is set."""
     async with AsyncExitStack() as stack:
         pool = await create_pool(
             settings.worker_dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
         stack.push_async_callback(pool.close)
+        if settings.worker_metrics_port:
+            stop_metrics = asyncio.Event()
+            serving = asyncio.create_task(
+                metrics.serve_worker_metrics(
+                    pool, settings.worker_metrics_port, sdk_metrics_url, stop_metrics
+                )
+            )
+
+            async def stop_serving() -> None:
+                stop_metrics.set()
+                await serving
+
+            stack.push_async_callback(stop_serving)
         apify_http = httpx.AsyncClient(
             base_url=settings.apify_base_url,
             timeout=httpx.Timeout(settings.apify_timeout_seconds, connect=10),
@@ -161,7 +178,7 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
             activities.append(scrape.scrape_profile)
         # The sandbox re-imports each workflow's module for every new run: the largest share
         # of a worker's CPU per analysis. Replay tests guard determinism either way.
-        interceptors: list[Interceptor] = [LogContext()]
+        interceptors: list[Interceptor] = [LogContext(), metrics.StepTimings()]
         if sentry.init(settings, "worker"):
             interceptors.append(SentryInterceptor())
         runner: WorkflowRunner = (
@@ -198,8 +215,12 @@ async def build_workers(settings: Settings, client: Client) -> AsyncIterator[lis
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    client = await temporal.connect(settings)
-    async with build_workers(settings, client) as workers:
+    sdk_metrics = None
+    if settings.worker_metrics_port:
+        sdk_metrics = f"127.0.0.1:{free_port()}"  # private: re-served by our /metrics
+    client = await temporal.connect(settings, sdk_metrics_address=sdk_metrics)
+    sdk_metrics_url = f"http://{sdk_metrics}/metrics" if sdk_metrics else None
+    async with build_workers(settings, client, sdk_metrics_url) as workers:
         log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
         runs = [asyncio.create_task(w.run()) for w in workers]
         stopped = asyncio.create_task((stop or asyncio.Event()).wait())

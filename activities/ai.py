@@ -51,13 +51,14 @@ class AIActivities:
     @step_activity
     async def analyze_profile(self, input: AIInput) -> AIOutput:
         """The step's outcome is kept by the commit step, with the others."""
-        await note_progress(self._pool, input.progress)
         started = now()
         tried = attempt(input.attempts_before)
         try:
             # The whole call, timed by the analyzer (ProviderTimeout): one that trickles
             # counts as failing, for the model's circuit too.
             async with provider_call(), self._slots.hold(OPENAI, input.run_id, input.turn):
+                # Once the slot is held: the call is about to go, whatever the database does.
+                await note_progress(self._pool, input.progress)
                 parsed, usage = await self._analyzer.analyze(
                     input.part,
                     self._settings.model_for(input.tier),

@@ -6,6 +6,7 @@ import asyncpg
 from temporalio import activity
 
 from activities.common import done_since, now, step_activity
+from core import metrics
 from core.models import CacheLookupInput, CacheLookupOutput
 from core.progress import Step, Tracker
 from core.settings import Settings
@@ -32,6 +33,7 @@ class CacheActivities:
             age = (started - stored_at).total_seconds()
             if age <= self._settings.cache_ttl_seconds(input.tier):
                 profile = cached
+        metrics.CACHE_LOOKUPS.labels(result="miss" if profile is None else "hit").inc()
         done = done_since(started)
         progress = Tracker(input.progress)
         progress.done(Step.check_cache, done)

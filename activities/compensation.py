@@ -7,6 +7,7 @@ import asyncpg
 from temporalio import activity
 
 from activities.common import never_giving_up
+from core import metrics
 from core.models import FinishInput, FinishOutput
 from core.progress import IN_FLIGHT, RunStatus
 from db import analyses, credits
@@ -38,4 +39,6 @@ class CompensationActivities:
             await analyses.finish_unsuccessful(conn, input.progress)
         # A run that had already ended (the API failed it) keeps the status it has.
         final = input.progress.status if run["status"] in IN_FLIGHT else RunStatus(run["status"])
+        if run["status"] in IN_FLIGHT:  # ended now, not by an earlier try
+            metrics.ANALYSES_FINISHED.labels(tier=run["analysis_type"], status=final).inc()
         return FinishOutput(refunded_credits=refund.delta if refund else 0, status=final)

@@ -12,6 +12,7 @@ import asyncpg
 from temporalio import activity
 
 from activities.common import done_since, expected, now, step_activity
+from core import metrics
 from core.errors import ErrorCode, business_error
 from core.models import SaveResultInput, SaveResultOutput
 from core.progress import IN_FLIGHT, StepDone, Tracker
@@ -63,6 +64,11 @@ class ResultActivities:
                 credits_charged=0 if free or engine == "rules" else run["credits_cost"],
                 engine=engine if engine in ("ai", "rules") else None,
             )
+        # Counted once the commit has landed.
+        metrics.ANALYSES_FINISHED.labels(tier=run["analysis_type"], status="complete").inc()
+        if not input.cost.cache_hit:
+            metrics.PROVIDER_COST.labels(provider="apify").inc(input.cost.apify_usd)
+        metrics.PROVIDER_COST.labels(provider="openai").inc(input.cost.ai_usd)
         return SaveResultOutput(
             lead_id=lead_id, upserted=upserted, saved=saved, completed=completed
         )

@@ -53,9 +53,10 @@ class ScrapeActivities:
     async def scrape_profile(self, input: ScrapeInput) -> ScrapeOutput:
         started = now()
         tried = attempt(input.attempts_before)
-        await note_progress(self._pool, input.progress)
         async with provider_call():  # heartbeats while it waits for a slot, scrapes, stores
             async with self._slots.hold(APIFY, input.run_id, input.turn):
+                # Once the slot is held: the call is about to go, whatever the database does.
+                await note_progress(self._pool, input.progress)
                 profile = await self._scrape(input.username, tried)
             scraped = done_since(started, input.attempts_before)
             stored = await self._store(profile)

@@ -25,6 +25,7 @@ from api import ratelimit, runs
 from api.deps import TemporalHealth, TenantScope
 from api.errors import ApiError, Invalid, NotFound, Unavailable
 from api.schemas import BulkAnalyzeRequest, instagram_handle
+from core import metrics
 from core.models import BulkInput
 from core.progress import Tracker
 from core.settings import Settings
@@ -218,6 +219,7 @@ async def _start_workflow(
         give_up=lambda: _mark_not_started(scope, batch_id),
         unavailable=_not_started,
     )
+    metrics.ANALYSES_STARTED.labels(tier=batch.tier).inc(batch.total)
 
 
 async def _mark_not_started(scope: TenantScope, batch_id: UUID) -> bool:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import ratelimit
 from api.errors import error_response
-from core import logs
+from core import logs, metrics
 from core.auth import InvalidToken, Principal, is_api_key, verify_token
 from core.settings import Settings
 from db import api_keys
@@ -66,6 +66,11 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _access(scope: Scope, status: int, started: float, request_id: str) -> None:
+        seconds = time.perf_counter() - started
+        # The route's template, not the path: one series per endpoint, not per id.
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        metrics.HTTP_REQUESTS.labels(method=scope["method"], route=route, status=status).inc()
+        metrics.HTTP_DURATION.labels(method=scope["method"], route=route).observe(seconds)
         query = scope.get("query_string", b"").decode("latin-1")
         access_log.info(
             "%s %s%s %d %.1fms request_id=%s",
@@ -73,7 +78,7 @@ class RequestContextMiddleware:
             scope["path"],
             f"?{query}" if query else "",
             status,
-            (time.perf_counter() - started) * 1000,
+            seconds * 1000,
             request_id,
         )
 

@@ -31,6 +31,7 @@ from api import ratelimit
 from api.deps import TemporalHealth, TenantScope
 from api.errors import Conflict, NotFound, Unavailable
 from api.schemas import AnalyzeRequest
+from core import metrics
 from core.models import AnalysisInput, ProviderBudget
 from core.progress import Progress, Tracker
 from core.settings import Settings
@@ -155,6 +156,7 @@ async def start(
         give_up=lambda: _mark_not_started(scope, run_id),
         unavailable=_not_started,
     )
+    metrics.ANALYSES_STARTED.labels(tier=request.analysis_type).inc()
     return row
 
 

@@ -161,7 +161,15 @@ def run_dev() -> int:
         workers = settings.worker_processes or os.cpu_count() or 1
         for n in range(1, workers + 1):
             name = "worker" if workers == 1 else f"worker-{n}"
-            children.start(name, stack.oslira_command("worker"), env, home / f"{name}.log")
+            # Each worker's /metrics: WORKER_METRICS_PORT and the next ones, or free ports.
+            port = (
+                settings.worker_metrics_port + n - 1
+                if settings.worker_metrics_port
+                else stack.free_port()
+            )
+            log.info("%s serves Prometheus metrics on http://127.0.0.1:%d/metrics", name, port)
+            worker_env = env | {"WORKER_METRICS_PORT": str(port)}
+            children.start(name, stack.oslira_command("worker"), worker_env, home / f"{name}.log")
         api = children.start("api", stack.oslira_command("api"), env, home / "api.log")
         stack.wait_for_port(settings.api_host, settings.api_port, 30, api)
         _banner(full, settings, demo, home)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -81,17 +83,25 @@ def api(
     """Run the HTTP API."""
     import uvicorn
 
+    _logging()
+    settings = settings_or_exit()
+    processes = settings.api_process_count
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before prometheus_client is imported, here and in each process uvicorn starts:
+        # every process writes its samples there, and /metrics reads them all.
+        folder = Path(settings.oslira_home) / "metrics" / f"api-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
     from api.app import create_app
     from core import logs
     from core.settings import ConfigurationError
 
-    _logging()
-    settings = settings_or_exit()
     try:
         application = create_app(settings)  # refuses a misconfiguration before serving
     except ConfigurationError as exc:
         fail(str(exc))
-    processes = settings.api_process_count
     uvicorn.run(
         # Several processes each build their app from the same environment.
         application if processes == 1 else "api.app:create_app",

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     # Run workflows in Temporal's sandbox (isolated module state, non-deterministic calls
     # refused). Off saves the per-run re-import of the workflow modules (see README).
     workflow_sandbox: bool = True
+    # Each worker serves Prometheus /metrics on this port (unset: none); `oslira dev` gives
+    # its workers this port and the next ones.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Processes `oslira api` serves with (0: one per two CPUs, at least one).
     api_processes: int = Field(default=0, ge=0)
 

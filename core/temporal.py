@@ -15,6 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
+    PrometheusConfig,
     Runtime,
     TelemetryConfig,
     TelemetryFilter,
@@ -41,9 +42,16 @@ def made_a_client() -> bool:
     return _made_a_client
 
 
-async def connect(settings: Settings, *, lazy: bool = False, patience: float = 10.0) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    lazy: bool = False,
+    patience: float = 10.0,
+    sdk_metrics_address: str | None = None,
+) -> Client:
     """`patience`: how long a call keeps retrying a server it cannot reach before it fails
-    (the API gives up sooner than workers: it must answer)."""
+    (the API gives up sooner than workers: it must answer). `sdk_metrics_address`: where the
+    SDK's runtime serves its own Prometheus metrics (a worker's, re-served by its /metrics)."""
     global _made_a_client
     _made_a_client = True
     return await Client.connect(
@@ -52,20 +60,26 @@ async def connect(settings: Settings, *, lazy: bool = False, patience: float = 1
         data_converter=pydantic_data_converter,
         lazy=lazy,
         retry_config=RetryConfig(max_elapsed_time_millis=int(patience * 1000)),
-        runtime=runtime(),
+        runtime=runtime(sdk_metrics_address),
     )
 
 
 @functools.cache
-def runtime() -> Runtime:
-    """The SDK's native runtime, one per process: its core's own log lines (warnings and
-    up) go through Python logging (`temporalio.core`), so they come out as JSON like ours."""
+def runtime(metrics_address: str | None = None) -> Runtime:
+    """The SDK's native runtime, one per process (and metrics address): its core's own log
+    lines (warnings and up) go through Python logging (`temporalio.core`), so they come out
+    as JSON like ours; with an address, it serves the SDK's metrics there."""
     return Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
                 filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
                 forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
-            )
+            ),
+            metrics=(
+                PrometheusConfig(bind_address=metrics_address, durations_as_seconds=True)
+                if metrics_address
+                else None
+            ),
         )
     )
 

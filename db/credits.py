@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
+from core import metrics
 from core.tiers import Tier
 from db import allowances
 from db.pool import Connection
@@ -105,6 +106,10 @@ async def _move(
         description,
         key,
     )
+    if kind == "charge":
+        metrics.CREDITS_CHARGED.inc(-delta)
+    elif kind == "refund":
+        metrics.CREDITS_REFUNDED.inc(delta)
     return Movement(delta=delta, balance_after=int(balance), new=True)
 
 
@@ -282,6 +287,7 @@ async def refund_items(
         balance,
         len(owed),
     )
+    metrics.CREDITS_REFUNDED.inc(total)
     return total
 
 

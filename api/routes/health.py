@@ -19,7 +19,7 @@ from importlib.metadata import version
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -27,7 +27,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import ComponentHealth, HealthResponse, Liveness
-from core import schedules
+from core import metrics, schedules
 from core.settings import Settings
 from db import circuits
 from db.pool import connection
@@ -239,6 +239,25 @@ async def health(request: Request) -> JSONResponse:
 )
 async def ready(request: Request) -> JSONResponse:
     return await _report(request, READY)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics: every API process's, whichever answers",
+    responses={
+        200: {
+            "description": "The Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def prometheus_metrics() -> Response:
+    """Requests by route and status with latency histograms, and analyses started by tier.
+    With several API processes the samples of all of them (prometheus_client's multiprocess
+    mode). Like /health, it needs no token: expose it to your scraper's network only."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/health/live", response_model=Liveness, summary="The process is up (checks nothing)")
