@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import asyncpg
@@ -60,6 +60,9 @@ class Breaker:
 
     def reset(self) -> None:
         self._open_until = 0.0
+
+
+IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
 
 
 @dataclass
@@ -129,9 +132,15 @@ class TenantScope:
             raise Forbidden("Only an owner or admin of the account can do this.")
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        """Commits on success, rolls back on error; RLS sees only this account."""
-        async with connection(self.pool) as conn, conn.transaction():
+    async def transaction(
+        self, *, isolation: IsolationLevel = "read_committed", readonly: bool = False
+    ) -> AsyncIterator[Connection]:
+        """Commits on success, rolls back on error; RLS sees only this account. A report
+        that reads several statements asks for one snapshot (`repeatable_read`)."""
+        async with (
+            connection(self.pool) as conn,
+            conn.transaction(isolation=isolation, readonly=readonly),
+        ):
             await _set_tenant(conn, self.user_id, self.account_id)
             yield conn
 

@@ -51,7 +51,8 @@ async def analytics_summary(
     that ends before it starts holds nothing."""
     end = _utc(end) if end else datetime.now(UTC)
     start = _utc(start) if start else max(end, _EARLIEST) - DEFAULT_WINDOW
-    async with scope.transaction() as conn:
+    # One snapshot for the five reads, so the figures agree with each other.
+    async with scope.transaction(isolation="repeatable_read", readonly=True) as conn:
         counts = await analytics.runs_by_tier_and_status(conn, start, end)
         spent, refunded = await analytics.credits(conn, start, end)
         cost = await analytics.costs(conn, start, end)
