@@ -37,6 +37,10 @@ SECRET_FIELDS = {
 }
 
 
+# A setting's field -> the name the secret holds it under.
+SECRET_NAMES = {field: name for name, field in SECRET_FIELDS.items()}
+
+
 class SecretsUnavailable(RuntimeError):
     """The secret could not be read when the process started."""
 

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():  # the workflow interceptor uses 
     from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
 from core.errors import ErrorCode, type_for
+from core.logs import ids_of
 from core.settings import Settings
 
 FILTERED = "[Filtered]"
@@ -124,14 +125,10 @@ def _denied(name: str) -> bool:
 
 
 def tag_run(scope: sentry_sdk.Scope, arg: Any) -> None:
-    """Tags from a workflow's or activity's input: its run, batch, account and tier."""
-    for name in ("run_id", "batch_id", "account_id"):
-        value = getattr(arg, name, None)
-        if value is not None:
-            scope.set_tag(name, str(value))
-    turn = getattr(arg, "turn", None)
-    if getattr(arg, "account_id", None) is None and turn is not None:
-        scope.set_tag("account_id", str(turn.account_id))
+    """Tags from a workflow's or activity's input: its run, batch, account (the ids the log
+    records carry, core.logs.ids_of) and tier."""
+    for name, value in ids_of(arg).items():
+        scope.set_tag(name, str(value))
     tier = getattr(arg, "tier", None)
     if tier is not None:
         scope.set_tag("tier", str(tier))

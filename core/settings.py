@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.secrets import SECRET_FIELDS, SecretsManagerSource
+from core.secrets import SECRET_NAMES, SecretsManagerSource
 from core.tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ class Settings(BaseSettings):
         """A secret setting's current value: from Secrets Manager when configured and the
         secret holds it (re-read after its TTL), else from the environment."""
         if self.secrets_manager_secret_id is not None:
-            name = {v: k for k, v in SECRET_FIELDS.items()}[field]
+            name = SECRET_NAMES[field]
             value = self._secret_source().get(name)
             if value is not None:
                 if field != "jwt_secret":
